@@ -1,0 +1,46 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv themselves.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+LAKE    := $(VENV)/bin/lake
+STAMP   := $(VENV)/.installed
+DATA    ?= $(abspath ../shared/data)
+DEMO    ?= .demo
+PYTEST_ARGS ?=
+
+export LAKE_DATA_DIR ?= $(DATA)
+export MLFLOW_DISABLE_TELEMETRY := true
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: venv demo test lint clean bench
+
+venv: $(STAMP)
+
+# torch first: pinned to the CPU build where no GPU is present (a looser pin pulls a multi-GB CUDA build)
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		$(PY) -m pip install -q "torch>=2.4"; else $(PY) -m pip install -q torch==2.13.0; fi
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(LAKE) init $(DEMO)
+	$(LAKE) --config $(DEMO)/lake.toml import mc $(DATA)/eval/cmmlu/dev/*.csv --table eval.cmmlu_dev
+	$(LAKE) --config $(DEMO)/lake.toml import sft $(DATA)/sft/*.json $(DATA)/sft/belle/*.json* --table sft.examples
+	$(LAKE) --config $(DEMO)/lake.toml import preference $(DATA)/preference/*.json* --table pref.pairs
+	$(LAKE) --config $(DEMO)/lake.toml import text $(DATA)/text/*.txt $(DATA)/text/*.jsonl --table text.corpus
+	$(LAKE) --config $(DEMO)/lake.toml catalog tables
+	$(LAKE) --config $(DEMO)/lake.toml query "SELECT split, count(*) AS items, count(DISTINCT subject) AS subjects FROM eval.cmmlu_dev GROUP BY split"
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) tests/benchmarks/extraction.py
+
+clean:
+	rm -rf $(DEMO) lakehouse

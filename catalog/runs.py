@@ -1,0 +1,48 @@
+"""Run records: one row per pipeline or import run in ``lake.runs``, so every snapshot has a why."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pyarrow as pa
+
+from catalog.schemas import RUNS_TABLE, schema_for
+from catalog.store import Lakehouse
+
+
+def record_run(
+    lake: Lakehouse,
+    *,
+    command: str,
+    target_table: str,
+    run_id: str,
+    started_at: datetime,
+    inputs: list[dict],
+    counts: dict,
+    snapshot_id: int | None,
+    status: str = "succeeded",
+    mlflow_run_id: str | None = None,
+    error: str | None = None,
+) -> None:
+    lake.ensure_table(RUNS_TABLE, "runs")
+    row = {
+        "command": command, "target_table": target_table, "status": status, "started_at": started_at,
+        "finished_at": datetime.now(UTC), "inputs": inputs, "counts": json.dumps(counts, default=str),
+        "snapshot_id": snapshot_id, "mlflow_run_id": mlflow_run_id, "error": error,
+        "input_uri": None, "input_digest": run_id, "record_key": "run", "ingested_at": started_at, "run_id": run_id,
+    }
+    lake.append(RUNS_TABLE, pa.Table.from_pylist([row], schema=schema_for("runs")))
+
+
+def committed_inputs(lake: Lakehouse, target_table: str, command: str) -> set[str]:
+    """Digests of inputs that a succeeded run of ``command`` already committed to ``target_table``."""
+    if not lake.exists(RUNS_TABLE):
+        return set()
+    runs = lake.read(RUNS_TABLE, columns=("command", "target_table", "status", "inputs")).to_pylist()
+    return {
+        item["digest"]
+        for run in runs
+        if run["command"] == command and run["target_table"] == target_table and run["status"] == "succeeded"
+        for item in run["inputs"] or []
+    }

@@ -1,0 +1,3 @@
+from lake.cli.main import main
+
+main()
