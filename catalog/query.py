@@ -55,8 +55,12 @@ def run_query(lake: Lakehouse, sql: str, as_of: str | None = None) -> pl.DataFra
         if "not found" in message or "does not exist" in message:
             message += f"; known tables: {', '.join(known) or 'none yet'}"
         raise UsageError(f"query failed: {message}") from None
-    except (pl.exceptions.SQLSyntaxError, pl.exceptions.ColumnNotFoundError,
-            pl.exceptions.InvalidOperationError, pl.exceptions.SchemaError) as exc:
+    except (
+        pl.exceptions.SQLSyntaxError,
+        pl.exceptions.ColumnNotFoundError,
+        pl.exceptions.InvalidOperationError,
+        pl.exceptions.SchemaError,
+    ) as exc:
         raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from None
 
 

@@ -27,10 +27,21 @@ def record_run(
 ) -> None:
     lake.ensure_table(RUNS_TABLE, "runs")
     row = {
-        "command": command, "target_table": target_table, "status": status, "started_at": started_at,
-        "finished_at": datetime.now(UTC), "inputs": inputs, "counts": json.dumps(counts, default=str),
-        "snapshot_id": snapshot_id, "mlflow_run_id": mlflow_run_id, "error": error,
-        "input_uri": None, "input_digest": run_id, "record_key": "run", "ingested_at": started_at, "run_id": run_id,
+        "command": command,
+        "target_table": target_table,
+        "status": status,
+        "started_at": started_at,
+        "finished_at": datetime.now(UTC),
+        "inputs": inputs,
+        "counts": json.dumps(counts, default=str),
+        "snapshot_id": snapshot_id,
+        "mlflow_run_id": mlflow_run_id,
+        "error": error,
+        "input_uri": None,
+        "input_digest": run_id,
+        "record_key": "run",
+        "ingested_at": started_at,
+        "run_id": run_id,
     }
     lake.append(RUNS_TABLE, pa.Table.from_pylist([row], schema=schema_for("runs")))
 

@@ -125,9 +125,7 @@ class Lakehouse:
         except NamespaceAlreadyExistsError:
             pass
         try:
-            return self.catalog.create_table(
-                identifier, schema=schema_for(kind), properties={KIND_PROPERTY: kind}
-            )
+            return self.catalog.create_table(identifier, schema=schema_for(kind), properties={KIND_PROPERTY: kind})
         except TableAlreadyExistsError:  # another process created it between our check and our create
             return self.catalog.load_table(identifier)
 

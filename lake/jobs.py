@@ -11,8 +11,19 @@ from lake.config import LakeConfig
 from lake.errors import LakeError, UsageError
 
 # never shipped with the working directory: state, environments, caches, model files
-WORKING_DIR_EXCLUDES = [".venv", "lakehouse", ".git", "**/__pycache__", "*.pt", "*.safetensors", "*.bin",
-                        ".pytest_cache", ".ruff_cache", "mlruns", "*.egg-info"]
+WORKING_DIR_EXCLUDES = [
+    ".venv",
+    "lakehouse",
+    ".git",
+    "**/__pycache__",
+    "*.pt",
+    "*.safetensors",
+    "*.bin",
+    ".pytest_cache",
+    ".ruff_cache",
+    "mlruns",
+    "*.egg-info",
+]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -21,8 +32,9 @@ def absolutize(args: list[str], cwd: Path) -> list[str]:
     out = []
     for arg in args:
         candidate = cwd / arg
-        out.append(str(candidate.resolve()) if not arg.startswith("-") and "://" not in arg and candidate.exists()
-                   else arg)
+        out.append(
+            str(candidate.resolve()) if not arg.startswith("-") and "://" not in arg and candidate.exists() else arg
+        )
     return out
 
 
@@ -32,7 +44,7 @@ def submit(cfg: LakeConfig, args: list[str], working_dir: Path, echo=print) -> s
         raise UsageError("lake submit runs lake commands: lake submit -- lake <command> ...")
     from ray.job_submission import JobSubmissionClient
 
-    entrypoint = shlex.join(absolutize(args, working_dir))
+    entrypoint = shlex.join([args[0], *absolutize(args[1:], working_dir)])
     excludes = list(WORKING_DIR_EXCLUDES)
     try:
         excludes.append(str(cfg.home.relative_to(working_dir.resolve())))
@@ -41,8 +53,10 @@ def submit(cfg: LakeConfig, args: list[str], working_dir: Path, echo=print) -> s
     try:
         client = JobSubmissionClient(cfg.dashboard_url_effective)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise LakeError(f"no Ray cluster at {cfg.dashboard_url_effective} ({exc.__class__.__name__}); "
-                        "start one with `lake up` or set RAY_ADDRESS") from None
+        raise LakeError(
+            f"no Ray cluster at {cfg.dashboard_url_effective} ({exc.__class__.__name__}); "
+            "start one with `lake up` or set RAY_ADDRESS"
+        ) from None
     runtime_env = {"working_dir": str(working_dir), "excludes": excludes, "env_vars": cfg.service_env()}
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
     echo(f"submitted {job_id} to {cfg.dashboard_url_effective}: {entrypoint}")

@@ -20,7 +20,7 @@ from lake.config import LakeConfig
 from lake.errors import LakeError, UsageError
 
 START_TIMEOUT_S = 120
-STOP_TIMEOUT_S = 30
+STOP_TIMEOUT_S = 8  # Ray's head takes >20 s to honour SIGTERM; its state is disposable
 
 
 @dataclass(frozen=True)
@@ -40,13 +40,34 @@ def _bin(cfg_exe: str) -> str:
 def services(cfg: LakeConfig) -> list[Service]:
     node_memory = str(2 * cfg.ray_object_store_mb * 1024 * 1024)
     object_store = str(cfg.ray_object_store_mb * 1024 * 1024)
-    common = ["--num-cpus", str(cfg.ray_cpus_per_node), "--object-store-memory", object_store,
-              "--memory", node_memory, "--block", "--disable-usage-stats"]
+    common = [
+        "--num-cpus",
+        str(cfg.ray_cpus_per_node),
+        "--object-store-memory",
+        object_store,
+        "--memory",
+        node_memory,
+        "--block",
+        "--disable-usage-stats",
+    ]
     head = Service(
         "ray-head",
-        [_bin("ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(cfg.ray_port),
-         "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-         "--dashboard-port", str(cfg.ray_dashboard_port), *common],
+        [
+            _bin("ray"),
+            "start",
+            "--head",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(cfg.ray_port),
+            "--include-dashboard",
+            "true",
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(cfg.ray_dashboard_port),
+            *common,
+        ],
         health_url=f"http://127.0.0.1:{cfg.ray_dashboard_port}/api/version",
     )
     workers = [
@@ -55,9 +76,21 @@ def services(cfg: LakeConfig) -> list[Service]:
     ]
     mlflow = Service(
         "mlflow",
-        [_bin("mlflow"), "server", "--backend-store-uri", f"sqlite:///{cfg.home / 'mlflow.db'}",
-         "--serve-artifacts", "--artifacts-destination", str(cfg.mlflow_artifacts_dir),
-         "--host", "127.0.0.1", "--port", str(cfg.mlflow_port), "--workers", "1"],
+        [
+            _bin("mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{cfg.home / 'mlflow.db'}",
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(cfg.mlflow_artifacts_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(cfg.mlflow_port),
+            "--workers",
+            "1",
+        ],
         health_url=f"http://127.0.0.1:{cfg.mlflow_port}/health",
     )
     return [head, *workers, mlflow]
@@ -153,8 +186,15 @@ def up(cfg: LakeConfig, echo=print) -> None:
             raise UsageError(f"{svc.name}: port of {svc.health_url} is taken by a process lake did not start")
         log = cfg.log_dir / f"{svc.name}.log"
         with open(log, "ab") as out:
-            proc = subprocess.Popen(svc.command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env, cwd=cfg.home, start_new_session=True)
+            proc = subprocess.Popen(
+                svc.command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=cfg.home,
+                start_new_session=True,
+            )
         _pid_file(cfg, svc.name).write_text(f"{proc.pid}\n")
         if svc.health_url:
             _wait(lambda url=svc.health_url: _http_ok(url), svc.name, proc.pid, log)

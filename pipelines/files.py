@@ -43,7 +43,9 @@ def check_inputs(paths: list[str]) -> list[str]:
         raise UsageError("no input files given")
     missing = [p for p in paths if not is_remote(p) and not Path(p).is_file()]
     if missing:
-        raise UsageError(f"no such file: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise UsageError(
+            f"no such file: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     return [p if is_remote(p) else str(Path(p).resolve()) for p in paths]
 
 
@@ -68,8 +70,14 @@ def format_of(path: str) -> tuple[str, str | None]:
 
 def iter_records(path: str) -> Iterator[Record]:
     fmt, compression = format_of(path)
-    readers = {"json": _iter_json, "jsonl": _iter_jsonl, "csv": _iter_csv, "txt": _iter_text,
-               "text": _iter_text, "parquet": _iter_parquet}
+    readers = {
+        "json": _iter_json,
+        "jsonl": _iter_jsonl,
+        "csv": _iter_csv,
+        "txt": _iter_text,
+        "text": _iter_text,
+        "parquet": _iter_parquet,
+    }
     reader = readers.get(fmt)
     if reader is None:
         yield "*", Reject("unsupported_format", f"cannot read {fmt or 'extension-less'} files")
@@ -130,7 +138,10 @@ def _iter_csv(path: str, compression: str | None) -> Iterator[Record]:
         reader = csv.DictReader(fh)
         for index, row in enumerate(reader):
             if None in row:  # more cells than header columns
-                yield str(index), Reject("csv_extra_cells", f"{len(row[None])} extra cell(s)", json.dumps(row[None])[:200])
+                yield (
+                    str(index),
+                    Reject("csv_extra_cells", f"{len(row[None])} extra cell(s)", json.dumps(row[None])[:200]),
+                )
             else:
                 yield str(index), dict(row)
 

@@ -50,14 +50,23 @@ def convert_text(value: dict | str, context: dict) -> Converted:
         title, fmt = value.get("title"), context["format"]
     if not text.strip():
         return Reject("empty_text")
-    return [{"doc_id": _sha1(text), "text": text, "title": title if isinstance(title, str) else None,
-             "source_format": fmt}]
+    return [
+        {"doc_id": _sha1(text), "text": text, "title": title if isinstance(title, str) else None, "source_format": fmt}
+    ]
 
 
 # ---- sft ----------------------------------------------------------------------------------------------------
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "system": "system", "function_call": "function_call", "observation": "observation",
-                  "function": "observation", "tool": "observation"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "function_call": "function_call",
+    "observation": "observation",
+    "function": "observation",
+    "tool": "observation",
+}
 
 
 def _message(role: str, content: str) -> dict:
@@ -65,8 +74,13 @@ def _message(role: str, content: str) -> dict:
 
 
 def _sft_row(messages: list[dict], fmt: str, tools: str | None = None, category: str | None = None) -> Row:
-    return {"example_id": _sha1(json.dumps(messages, ensure_ascii=False), tools or ""), "messages": messages,
-            "tools": tools, "category": category, "source_format": fmt}
+    return {
+        "example_id": _sha1(json.dumps(messages, ensure_ascii=False), tools or ""),
+        "messages": messages,
+        "tools": tools,
+        "category": category,
+        "source_format": fmt,
+    }
 
 
 def _sharegpt_messages(turns) -> list[dict] | Reject:
@@ -96,7 +110,9 @@ def convert_sft(value: dict | str, context: dict) -> Converted:
         if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
             return Reject("no_assistant_turn")
         tools = value.get("tools")
-        return [_sft_row(messages, "sharegpt", tools if isinstance(tools, str) else json.dumps(tools) if tools else None)]
+        return [
+            _sft_row(messages, "sharegpt", tools if isinstance(tools, str) else json.dumps(tools) if tools else None)
+        ]
     if "instruction" in value and "output" in value:  # Alpaca
         prompt = "\n\n".join(p for p in (_clean(value["instruction"]), _clean(value.get("input"))) if p)
         if not prompt:
@@ -115,8 +131,13 @@ def convert_sft(value: dict | str, context: dict) -> Converted:
             if not isinstance(inst, dict) or not _clean(inst.get("output")):
                 continue
             prompt = "\n\n".join(p for p in (_clean(value["instruction"]), _clean(inst.get("input"))) if p)
-            rows.append(_sft_row([_message("user", prompt), _message("assistant", inst["output"])],
-                                 "self_instruct", category=value.get("name")))
+            rows.append(
+                _sft_row(
+                    [_message("user", prompt), _message("assistant", inst["output"])],
+                    "self_instruct",
+                    category=value.get("name"),
+                )
+            )
         return rows or Reject("empty_output", "no instance with an output")
     if "question" in value and "std_answer" in value:  # BELLE eval set
         if not _clean(value["question"]):
@@ -203,12 +224,23 @@ def convert_mc(value: dict | str, context: dict) -> Converted:
         subject = subject.removesuffix(suffix)
     split = path.parent.name if path.parent.name in SPLITS else None
     item_id = _sha1(subject, question, *[str(c) for c in choices])
-    return [{"item_id": item_id, "subject": subject, "split": split, "question": question,
-             "choices": [str(c) for c in choices], "answer": answer}]
+    return [
+        {
+            "item_id": item_id,
+            "subject": subject,
+            "split": split,
+            "question": question,
+            "choices": [str(c) for c in choices],
+            "answer": answer,
+        }
+    ]
 
 
 CONVERTERS: dict[str, Callable[[dict | str, dict], Converted]] = {
-    "text": convert_text, "sft": convert_sft, "preference": convert_preference, "mc": convert_mc,
+    "text": convert_text,
+    "sft": convert_sft,
+    "preference": convert_preference,
+    "mc": convert_mc,
 }
 
 
@@ -231,9 +263,16 @@ class ImportReport:
         return line
 
     def as_dict(self) -> dict:
-        return {"table": self.table, "read": self.read, "imported": self.imported, "rejected": self.rejected,
-                "already_present": self.already_present, "reasons": dict(self.reasons),
-                "snapshot_id": self.snapshot_id, "run_id": self.run_id}
+        return {
+            "table": self.table,
+            "read": self.read,
+            "imported": self.imported,
+            "rejected": self.rejected,
+            "already_present": self.already_present,
+            "reasons": dict(self.reasons),
+            "snapshot_id": self.snapshot_id,
+            "run_id": self.run_id,
+        }
 
 
 def import_files(lake: Lakehouse, kind: str, paths: Iterable[str], table: str, progress: bool = True) -> ImportReport:
@@ -264,26 +303,47 @@ def import_files(lake: Lakehouse, kind: str, paths: Iterable[str], table: str, p
             result = value if isinstance(value, Reject) else converter(value, context)
             if isinstance(result, Reject):
                 report.reasons[result.reason] += 1
-                raw = result.raw or (value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str))
-                rejects.append({"stage": f"import_{kind}", "reason": result.reason, "detail": result.detail,
-                                "target_table": table, "raw": raw[:RAW_SNIPPET_CHARS], "record_key": key,
-                                **lineage})
+                raw = result.raw or (
+                    value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+                )
+                rejects.append(
+                    {
+                        "stage": f"import_{kind}",
+                        "reason": result.reason,
+                        "detail": result.detail,
+                        "target_table": table,
+                        "raw": raw[:RAW_SNIPPET_CHARS],
+                        "record_key": key,
+                        **lineage,
+                    }
+                )
                 continue
             for n, row in enumerate(result):
                 row.update(lineage, record_key=key if len(result) == 1 else f"{key}.{n}")
                 rows.append(row)
 
     table_schema = schema_for(IMPORT_KINDS[kind])
-    written = lake.append(table, pa.Table.from_pylist(rows, schema=table_schema),
-                          snapshot_properties={"lake.run_id": report.run_id})
-    rejected = lake.append(rejects_table, pa.Table.from_pylist(rejects, schema=schema_for("rejects")),
-                           snapshot_properties={"lake.run_id": report.run_id})
+    written = lake.append(
+        table, pa.Table.from_pylist(rows, schema=table_schema), snapshot_properties={"lake.run_id": report.run_id}
+    )
+    rejected = lake.append(
+        rejects_table,
+        pa.Table.from_pylist(rejects, schema=schema_for("rejects")),
+        snapshot_properties={"lake.run_id": report.run_id},
+    )
     report.imported = written.written
     report.rejected = len(rejects)
     report.already_present = written.offered - written.written
     report.snapshot_id = written.snapshot_id or lake.resolve_snapshot(table, None)
     counts = report.as_dict() | {"rejects_written": rejected.written}
-    record_run(lake, command=f"import {kind}", target_table=table, run_id=report.run_id, started_at=started,
-               inputs=inputs, counts=counts, snapshot_id=report.snapshot_id)
+    record_run(
+        lake,
+        command=f"import {kind}",
+        target_table=table,
+        run_id=report.run_id,
+        started_at=started,
+        inputs=inputs,
+        counts=counts,
+        snapshot_id=report.snapshot_id,
+    )
     return report
-

@@ -32,8 +32,9 @@ def tables_command(obj: CliContext, fmt: str) -> None:
 def schema_command(obj: CliContext, table: str, fmt: str) -> None:
     """Show the current schema of NS.TABLE (field id, name, type, nullability)."""
     schema = obj.lake.table(table).schema()
-    rows = [{"id": f.field_id, "name": f.name, "type": str(f.field_type), "required": f.required}
-            for f in schema.fields]
+    rows = [
+        {"id": f.field_id, "name": f.name, "type": str(f.field_type), "required": f.required} for f in schema.fields
+    ]
     emit_rows(rows, fmt, ["id", "name", "type", "required"])
 
 
@@ -50,9 +51,17 @@ def snapshots_command(obj: CliContext, table: str, fmt: str) -> None:
     tags_by_id: dict[int, list[str]] = {}
     for name, sid in obj.lake.tags(table).items():
         tags_by_id.setdefault(sid, []).append(name)
-    rows = [{"snapshot_id": s["snapshot_id"], "timestamp": s["timestamp"], "operation": s["operation"],
-             "added": s["summary"].get("added-records", ""), "total": s["summary"].get("total-records", ""),
-             "tags": ",".join(sorted(tags_by_id.get(s["snapshot_id"], [])))} for s in snaps]
+    rows = [
+        {
+            "snapshot_id": s["snapshot_id"],
+            "timestamp": s["timestamp"],
+            "operation": s["operation"],
+            "added": s["summary"].get("added-records", ""),
+            "total": s["summary"].get("total-records", ""),
+            "tags": ",".join(sorted(tags_by_id.get(s["snapshot_id"], []))),
+        }
+        for s in snaps
+    ]
     emit_rows(rows, fmt, ["snapshot_id", "timestamp", "operation", "added", "total", "tags"])
 
 

@@ -35,8 +35,14 @@ class LakeGroup(click.Group):
 
 
 @click.group(cls=LakeGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, envvar="LAKE_CONFIG",
-              help="lake.toml to read (default: ./lake.toml when present).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    envvar="LAKE_CONFIG",
+    help="lake.toml to read (default: ./lake.toml when present).",
+)
 @click.pass_context
 def cli(ctx: click.Context, config_file: str | None) -> None:
     """llm-lake: raw web crawl to a registered chat model, on one Iceberg catalog."""

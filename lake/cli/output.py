@@ -13,8 +13,9 @@ FORMATS = ("table", "json", "csv")
 
 
 def format_option(default: str = "table", choices: tuple[str, ...] = FORMATS):
-    return click.option("--format", "fmt", type=click.Choice(choices), default=default, show_default=True,
-                        help="Output format.")
+    return click.option(
+        "--format", "fmt", type=click.Choice(choices), default=default, show_default=True, help="Output format."
+    )
 
 
 def _cell(value: Any) -> str:

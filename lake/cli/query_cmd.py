@@ -10,8 +10,13 @@ from lake.cli.output import emit_rows, format_option
 
 @click.command("query")
 @click.argument("sql")
-@click.option("--as-of", "as_of", default=None, metavar="SNAPSHOT_ID|TAG|ISO_TIMESTAMP",
-              help="Time travel: a snapshot id (single-table query), or a tag or timestamp for every table.")
+@click.option(
+    "--as-of",
+    "as_of",
+    default=None,
+    metavar="SNAPSHOT_ID|TAG|ISO_TIMESTAMP",
+    help="Time travel: a snapshot id (single-table query), or a tag or timestamp for every table.",
+)
 @format_option()
 @pass_ctx
 def query_command(obj: CliContext, sql: str, as_of: str | None, fmt: str) -> None:

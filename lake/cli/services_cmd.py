@@ -19,8 +19,10 @@ def up_command(obj: CliContext) -> None:
 
     services.up(obj.config, echo=click.echo)
     cfg = obj.config
-    click.echo(f"ready: export RAY_ADDRESS=http://127.0.0.1:{cfg.ray_dashboard_port} "
-               f"MLFLOW_TRACKING_URI=http://127.0.0.1:{cfg.mlflow_port}")
+    click.echo(
+        f"ready: export RAY_ADDRESS=http://127.0.0.1:{cfg.ray_dashboard_port} "
+        f"MLFLOW_TRACKING_URI=http://127.0.0.1:{cfg.mlflow_port}"
+    )
 
 
 @click.command("down")

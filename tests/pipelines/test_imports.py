@@ -1,0 +1,120 @@
+"""Every shared SFT, preference, multiple-choice and text file imports with exact row accounting."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from pipelines.imports import import_files
+
+# (kind, path under shared/data, read, imported, {reject reason: count}) — counts from the SOURCES.md files
+CASES = [
+    ("mc", "eval/cmmlu/dev/*.csv", 335, 335, {}),
+    ("sft", "sft/alpaca_en_demo.json", 999, 999, {}),
+    ("sft", "sft/alpaca_zh_demo.json", 1000, 1000, {}),
+    ("sft", "sft/glaive_toolcall_en_demo.json", 300, 300, {}),
+    ("sft", "sft/glaive_toolcall_zh_demo.json", 300, 300, {}),
+    ("sft", "sft/belle/belle_eval_set.json", 1000, 631, {"empty_output": 369}),
+    ("sft", "sft/belle/belle_eval_prompt.json", 11, 0, {"unrecognized_sft_format": 11}),
+    ("sft", "sft/belle/belle_zh_seed_tasks.jsonl", 175, 175, {}),
+    ("preference", "preference/hh_rlhf_harmless_base_test.jsonl.gz", 2312, 2312, {}),
+    ("preference", "preference/hh_rlhf_helpful_base_test.jsonl.gz", 2354, 2352, {"chosen_equals_rejected": 2}),
+    ("preference", "preference/dpo_en_demo.json", 300, 300, {}),
+    ("preference", "preference/dpo_zh_demo.json", 300, 300, {}),
+    ("text", "text/wiki_demo.txt", 30, 30, {}),
+    ("text", "text/c4_demo.jsonl", 300, 300, {}),
+    ("text", "text/peoples_daily_ner_sentences.txt", 6954, 6954, {}),
+    ("text", "text/cmrc2018_trial_zh_wiki_paragraphs.jsonl", 256, 256, {}),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "pattern", "read", "imported", "reasons"), CASES, ids=[c[1].rsplit("/", 1)[-1] for c in CASES]
+)
+def test_import_accounts_for_every_record(lake, data_dir, kind, pattern, read, imported, reasons):
+    paths = sorted(str(p) for p in data_dir.glob(pattern))
+    assert paths, pattern
+    report = import_files(lake, kind, paths, "t.items", progress=False)
+    assert (report.read, report.imported, report.rejected) == (read, imported, read - imported)
+    assert dict(report.reasons) == reasons
+    assert lake.count("t.items") == imported
+    assert lake.count("t.rejects") == read - imported
+
+    again = import_files(lake, kind, paths, "t.items", progress=False)
+    assert (again.read, again.imported, again.already_present) == (read, 0, imported)
+    assert lake.count("t.items") == imported
+    assert lake.count("t.rejects") == read - imported, "rejects must not duplicate either"
+
+
+def test_mc_rows_keep_subject_split_and_answer(lake, data_dir):
+    import_files(lake, "mc", [str(data_dir / "eval/cmmlu/dev/agronomy.csv")], "eval.dev", progress=False)
+    rows = lake.read("eval.dev").to_pylist()
+    first = next(r for r in rows if r["record_key"] == "0")
+    assert first["subject"] == "agronomy" and first["split"] == "dev"
+    assert first["question"] == "肉牛屠宰后，胴体的哪个部位肉质较好"
+    assert first["choices"] == ["胸", "腹", "大腿", "小腿"] and first["answer"] == "C"
+
+
+def test_hh_transcripts_split_into_prompt_and_final_turns(lake, data_dir):
+    path = data_dir / "preference/hh_rlhf_harmless_base_test.jsonl.gz"
+    import_files(lake, "preference", [str(path)], "pref.hh", progress=False)
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        raw = json.loads(fh.readline())
+    row = next(r for r in lake.read("pref.hh").to_pylist() if r["record_key"] == "1")
+    assert row["prompt"][0] == {"role": "user", "content": "what are some pranks with a pen i can do?"}
+    assert row["prompt"][-1]["role"] == "user"
+    # the prompt plus each response rebuilds the original transcripts
+    assert raw["chosen"].endswith(row["chosen"]) and raw["rejected"].endswith(row["rejected"])
+    assert row["chosen"] != row["rejected"]
+
+
+def test_sharegpt_roles_are_normalised_and_tools_kept(lake, data_dir):
+    import_files(lake, "sft", [str(data_dir / "sft/glaive_toolcall_en_demo.json")], "sft.tools", progress=False)
+    rows = lake.read("sft.tools").to_pylist()
+    roles = {m["role"] for r in rows for m in r["messages"]}
+    assert roles == {"user", "assistant", "function_call", "observation"}
+    assert sum(1 for r in rows if r["tools"] and r["tools"] != "[]") == 300 - 109
+
+
+def test_a_file_of_the_wrong_kind_becomes_rejects(lake, data_dir):
+    report = import_files(lake, "mc", [str(data_dir / "sft/alpaca_en_demo.json")], "eval.wrong", progress=False)
+    assert (report.read, report.imported, report.rejected) == (999, 0, 999)
+    assert dict(report.reasons) == {"missing_field": 999}
+    binary = import_files(
+        lake, "text", [str(data_dir / "warc/cc-2020-zh-resiliparse.warc.gz")], "text.wrong", progress=False
+    )
+    assert binary.imported == 0 and binary.rejected == 1
+
+
+def test_broken_lines_are_rejected_with_reasons(lake, tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text('{"text": "ok"}\n{"text": \n[1, 2]\n{"content": "also ok"}\n{"text": "   "}\n', encoding="utf-8")
+    report = import_files(lake, "text", [str(path)], "text.mixed", progress=False)
+    assert (report.read, report.imported) == (5, 2)
+    assert dict(report.reasons) == {"invalid_json": 1, "not_an_object": 1, "empty_text": 1}
+    rejects = lake.read("text.rejects").to_pylist()
+    assert {r["record_key"] for r in rejects} == {"2", "3", "5"}
+    assert all(r["input_uri"] == str(path) and r["stage"] == "import_text" for r in rejects)
+
+
+def test_truncated_gzip_keeps_what_it_read_and_rejects_the_break(lake, tmp_path):
+    lines = "".join(json.dumps({"text": f"document number {i}"}) + "\n" for i in range(2000))
+    blob = gzip.compress(lines.encode("utf-8"))
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(blob[: len(blob) // 2])
+    report = import_files(lake, "text", [str(path)], "text.cut", progress=False)
+    assert 0 < report.imported < 2000
+    assert report.reasons["unreadable_file"] == 1
+    assert report.read == report.imported + report.rejected
+
+
+def test_runs_are_recorded(lake, data_dir):
+    report = import_files(lake, "mc", [str(data_dir / "eval/cmmlu/dev/anatomy.csv")], "eval.a", progress=False)
+    runs = lake.read("lake.runs").to_pylist()
+    assert len(runs) == 1
+    run = runs[0]
+    assert run["run_id"] == report.run_id and run["target_table"] == "eval.a" and run["status"] == "succeeded"
+    assert run["inputs"][0]["uri"].endswith("anatomy.csv") and len(run["inputs"][0]["digest"]) == 64
+    assert json.loads(run["counts"])["imported"] == 5
