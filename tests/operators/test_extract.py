@@ -1,0 +1,81 @@
+"""Extraction on real benchmark pages (a sample, to stay fast); the full comparison is
+tests/benchmarks/extraction.py."""
+
+import importlib.util
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from operators.base import RecipeError, build_operator
+from operators.extract import ExtractMainText, extract_title
+
+_spec = importlib.util.spec_from_file_location(
+    "extraction_benchmark", Path(__file__).resolve().parents[1] / "benchmarks" / "extraction.py"
+)
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+@pytest.fixture(scope="module")
+def cx_pages() -> list[tuple[str, str | None, str]]:
+    return list(bench.load_set("cx-extractor", limit=12))
+
+
+@pytest.fixture(scope="module")
+def magic_pages() -> list[tuple[str, str | None, str]]:
+    return list(bench.load_set("magic-html", limit=25))
+
+
+def test_batch_columns_and_types(cx_pages):
+    batch = pa.table({"html": [p[0] for p in cx_pages] + [None], "url": [p[1] for p in cx_pages] + [None]})
+    out = build_operator("extract_main_text")(batch)
+    for name, typ in ExtractMainText.output_columns.items():
+        assert out.schema.field(name).type == typ
+    assert out.num_rows == batch.num_rows
+    assert out.column("extract_error").to_pylist()[-1] == "empty_html"
+    assert out.column("text").to_pylist()[-1] == ""
+    assert all(e is None for e in out.column("extract_error").to_pylist()[:-1])
+    assert all("_网易财经" in t for t in out.column("title").to_pylist()[:-1])
+
+
+def test_combined_beats_plain_extractors_on_chinese_news(cx_pages):
+    scores = {}
+    for method in ("combined", "trafilatura", "resiliparse"):
+        op = ExtractMainText(method=method)
+        f1 = [bench.shingle_f1(op.extract_one(h, u)[0], g) for h, u, g in cx_pages]
+        scores[method] = sum(f1) / len(f1)
+    assert scores["combined"] > 0.85
+    assert scores["combined"] >= max(scores["trafilatura"], scores["resiliparse"])
+
+
+def test_combined_quality_on_magic_html_sample(magic_pages):
+    op = ExtractMainText()
+    f1 = [bench.shingle_f1(op.extract_one(h, u)[0], g) for h, u, g in magic_pages]
+    assert sum(f1) / len(f1) > 0.7
+
+
+def test_huge_page_does_not_stall(magic_pages):
+    html = magic_pages[0][0]
+    body = html[html.lower().find("<body") :]
+    huge = html + body * (20_000_000 // len(body) + 1)  # > 20 MB
+    op = ExtractMainText(max_html_chars=5_000_000, max_trafilatura_chars=2_000_000)
+    t0 = time.perf_counter()
+    text, _, method, error = op.extract_one(huge)
+    assert time.perf_counter() - t0 < 10
+    assert method == "resiliparse_big_page" and error == "html_truncated" and text
+
+
+def test_title_prefers_og_title():
+    html = '<head><title>Page - Site</title><meta property="og:title" content="Page &amp; Co"></head>'
+    assert extract_title(html) == "Page & Co"
+    assert extract_title("<title> 新闻 标题 </title>") == "新闻 标题"
+    assert extract_title("<p>no head</p>") is None
+
+
+def test_unknown_method_and_option_rejected():
+    with pytest.raises(ValueError):
+        ExtractMainText(method="magic")
+    with pytest.raises(RecipeError):
+        build_operator("extract_main_text", {"methd": "combined"})
