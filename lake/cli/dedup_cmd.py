@@ -1,0 +1,5 @@
+"""``lake dedup``: being written."""
+
+from __future__ import annotations
+
+COMMANDS: list = []

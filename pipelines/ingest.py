@@ -1,0 +1,325 @@
+"""``lake ingest``: raw web inputs → recipe operators on Ray Data → documents and rejects in the catalog.
+
+Flow per group of inputs: Ray Data reads records (one task per input, streaming), an actor pool runs the
+recipe's operators on pyarrow batches (stateful operators load their models and blocklists once per actor), the
+recipe's decision step splits each batch into kept rows and rejects, and the driver commits both tables
+(idempotent on ``(input_digest, record_key)``) and then records the run in ``lake.runs``. Inputs a succeeded
+run already committed are skipped, so re-running after a crash resumes and never duplicates rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from catalog.runs import committed_inputs, record_run
+from catalog.schemas import rejects_table_for
+from catalog.store import Lakehouse, parse_identifier
+from lake.config import LakeConfig
+from lake.errors import LakeError, UsageError
+from operators.base import RecipeError
+from operators.decide import INGEST_STAGE, StageCounts
+from operators.recipe import DEFAULT_RECIPE, Recipe, load_recipe
+from pipelines.files import check_inputs, file_digest
+
+TIMING_PREFIX = "_seconds_"
+# reader columns that are not kept on documents: the raw payload is reachable through source_uri + offset
+DROP_FROM_DOCUMENTS = ("html", "reject_reason", "reject_detail")
+INGEST_COMMAND = "ingest"
+
+
+@dataclass(frozen=True)
+class Input:
+    uri: str
+    digest: str
+    kind: str
+    urls_file: str | None = None
+
+
+@dataclass
+class IngestReport:
+    table: str
+    run_id: str
+    records: int = 0
+    documents: int = 0
+    rejects: int = 0
+    skipped_inputs: int = 0
+    inputs: int = 0
+    seconds: float = 0.0
+    stages: dict[str, StageCounts] = field(default_factory=dict)
+    rejects_by_reason: dict[str, int] = field(default_factory=dict)
+    languages: dict[str, int] = field(default_factory=dict)
+    snapshot_id: int | None = None
+    mlflow_run_id: str | None = None
+
+    def summary(self) -> str:
+        stage_text = ", ".join(f"{name} {c.kept}/{c.rows_in}" for name, c in self.stages.items())
+        line = (f"{self.records} records = {self.documents} documents + {self.rejects} rejects "
+                f"from {self.inputs} input(s) in {self.seconds:.1f}s")
+        if self.skipped_inputs:
+            line += f"; {self.skipped_inputs} input(s) already committed, skipped"
+        return line + (f" | kept per stage: {stage_text}" if stage_text else "")
+
+    def as_dict(self) -> dict:
+        return {
+            "table": self.table, "run_id": self.run_id, "records": self.records, "documents": self.documents,
+            "rejects": self.rejects, "inputs": self.inputs, "skipped_inputs": self.skipped_inputs,
+            "seconds": round(self.seconds, 3), "docs_per_s": round(self.records / self.seconds, 2) if self.seconds else None,
+            "stages": {name: c.to_dict() for name, c in self.stages.items()},
+            "rejects_by_reason": self.rejects_by_reason, "languages": self.languages,
+            "snapshot_id": self.snapshot_id, "mlflow_run_id": self.mlflow_run_id,
+        }
+
+
+# ---- reading (runs inside Ray tasks) --------------------------------------------------------------------------
+def read_input(item: dict) -> Iterator[dict]:
+    """All records of one input as reader rows, with the lineage columns the catalog keys on."""
+    from operators.ingest import iter_html_dir, iter_jsonl, iter_warc_records
+
+    kind, uri = item["kind"], item["uri"]
+    if kind == "warc":
+        rows = iter_warc_records(uri)
+    elif kind == "html":
+        rows = iter_html_dir(uri, item.get("urls_file"))
+    else:
+        rows = iter_jsonl(uri)
+    for row in rows:
+        source = row.get("source_uri") or uri
+        rel = source[len(uri):].lstrip("/") if source.startswith(uri) else source
+        row["input_uri"] = uri
+        row["input_digest"] = item["digest"]
+        row["record_key"] = f"{rel}@{row.get('source_offset')}" if rel else str(row.get("source_offset"))
+        yield row
+
+
+class RecipeRunner:
+    """Ray Data actor: the recipe's operators on a batch, then the decision columns and per-operator seconds."""
+
+    def __init__(self, recipe_path: str) -> None:
+        self.recipe = load_recipe(recipe_path)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return run_recipe(self.recipe, batch)
+
+
+def run_recipe(recipe: Recipe, batch: pa.Table) -> pa.Table:
+    """Operators in order (each row's share of a stage's batch time goes to ``_seconds_<op>``), then decide."""
+    timings = {}
+    live = batch
+    if "reject_reason" in batch.column_names:
+        # rows the reader already rejected skip the operators (their payload is gone anyway)
+        ok = pc.is_null(batch["reject_reason"])
+        live, dead = batch.filter(ok), batch.filter(pc.invert(ok))
+    else:
+        dead = batch.slice(0, 0)
+    for op in recipe.operators:
+        started = time.perf_counter()
+        live = op(live) if live.num_rows else live
+        timings[op.name] = time.perf_counter() - started
+    kept, rejected = recipe.decision.split(_align(live, dead))
+    kept = kept.append_column("reject_stage", pa.nulls(kept.num_rows, pa.string()))
+    for column in ("reject_reason", "reject_detail"):
+        if column in kept.column_names:
+            kept = kept.set_column(kept.column_names.index(column), column, pa.nulls(kept.num_rows, pa.string()))
+    out = pa.concat_tables([kept, rejected.select(kept.column_names)], promote_options="permissive")
+    per_row = max(out.num_rows, 1)
+    for name, seconds in timings.items():
+        out = out.append_column(f"{TIMING_PREFIX}{name}", pa.array([seconds / per_row] * out.num_rows, pa.float64()))
+    return out
+
+
+def _align(live: pa.Table, dead: pa.Table) -> pa.Table:
+    """Reader rejects rejoin the labelled rows, with nulls in the label columns they never got."""
+    if dead.num_rows == 0:
+        return live
+    columns = {name: dead[name] if name in dead.column_names else pa.nulls(dead.num_rows, live.schema.field(name).type)
+               for name in live.column_names}
+    return pa.concat_tables([live, pa.table(columns, schema=live.schema)])
+
+
+# ---- driver -------------------------------------------------------------------------------------------------
+def resolve_inputs(kind: str, paths: list[str], urls_file: str | None) -> list[Input]:
+    if kind == "html":
+        if len(paths) != 1 or not Path(paths[0]).is_dir():
+            raise UsageError("lake ingest html takes one directory of .html / .html.gz files")
+        directory = str(Path(paths[0]).resolve())
+        return [Input(directory, _directory_digest(Path(directory)), kind,
+                      str(Path(urls_file).resolve()) if urls_file else None)]
+    return [Input(uri, file_digest(uri), kind) for uri in check_inputs(paths)]
+
+
+def _directory_digest(directory: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def ingest(
+    cfg: LakeConfig,
+    lake: Lakehouse,
+    kind: str,
+    paths: list[str],
+    table: str = "web.documents",
+    recipe_path: str | None = None,
+    urls_file: str | None = None,
+    commit_every: int = 32,
+    echo: Callable[[str], None] = print,
+) -> IngestReport:
+    """Ingest ``paths`` (WARC/WET files, one HTML directory, or JSONL files) into ``table``."""
+    if kind not in ("warc", "html", "jsonl"):
+        raise UsageError(f"unknown ingest kind {kind!r}; one of warc, html, jsonl")
+    parse_identifier(table)
+    recipe_file = str(Path(recipe_path).resolve()) if recipe_path else str(DEFAULT_RECIPE)
+    if recipe_path and not Path(recipe_path).is_file():
+        raise UsageError(f"no such recipe file: {recipe_path}")
+    try:
+        recipe = load_recipe(recipe_file)  # validate before any data is read
+    except RecipeError as exc:
+        raise UsageError(f"recipe {recipe_file}: {exc}") from None
+
+    started_at = datetime.now(UTC)
+    clock = time.perf_counter()
+    inputs = resolve_inputs(kind, paths, urls_file)
+    lake.ensure_table(table, "documents")
+    rejects_table = rejects_table_for(table)
+    lake.ensure_table(rejects_table, "rejects")
+    done = committed_inputs(lake, table, INGEST_COMMAND)
+    todo = [i for i in inputs if i.digest not in done]
+    report = IngestReport(table=table, run_id=uuid.uuid4().hex, inputs=len(inputs),
+                          skipped_inputs=len(inputs) - len(todo))
+    if todo:
+        from pipelines.ray_env import init_ray
+
+        init_ray(cfg)
+    for start in range(0, len(todo), commit_every):
+        group = todo[start:start + commit_every]
+        _ingest_group(lake, recipe, recipe_file, group, table, rejects_table, report, started_at)
+    report.seconds = time.perf_counter() - clock
+    report.snapshot_id = lake.resolve_snapshot(table, None)
+    return report
+
+
+def _ingest_group(lake: Lakehouse, recipe: Recipe, recipe_file: str, group: list[Input], table: str,
+                  rejects_table: str, report: IngestReport, started_at: datetime) -> None:
+    import ray
+
+    items = [{"uri": i.uri, "digest": i.digest, "kind": i.kind, "urls_file": i.urls_file} for i in group]
+    cpus = max(1, int(ray.available_resources().get("CPU", 1)))
+    dataset = (
+        ray.data.from_items(items, override_num_blocks=len(items))
+        .flat_map(read_input)
+        .map_batches(RecipeRunner, fn_constructor_kwargs={"recipe_path": recipe_file}, batch_format="pyarrow",
+                     batch_size=64, concurrency=(1, cpus), num_cpus=1)
+    )
+    kept_parts, reject_parts = [], []
+    for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+        is_kept = pc.is_null(batch["reject_stage"])
+        kept_parts.append(batch.filter(is_kept))
+        reject_parts.append(batch.filter(pc.invert(is_kept)))
+    if not kept_parts:
+        return
+    labelled = pa.concat_tables(kept_parts + reject_parts, promote_options="permissive")
+    group_counts = _stage_counts(recipe, labelled)
+    kept = pa.concat_tables(kept_parts, promote_options="permissive")
+    rejected = pa.concat_tables(reject_parts, promote_options="permissive")
+    records = labelled.num_rows
+    if kept.num_rows + rejected.num_rows != records:  # the nothing-lost invariant, checked every group
+        raise LakeError(f"accounting error: {records} records != {kept.num_rows} kept + {rejected.num_rows} rejected")
+
+    now = datetime.now(UTC)
+    documents = _documents(kept, report.run_id, now)
+    lake.add_columns(table, [f for f in documents.schema if f.name not in ("ingested_at",)])
+    doc_result = lake.append(table, documents, snapshot_properties={"lake.run_id": report.run_id})
+    reject_rows = _rejects(rejected, table, report.run_id, now)
+    lake.add_columns(rejects_table, reject_rows.schema)
+    lake.append(rejects_table, reject_rows, snapshot_properties={"lake.run_id": report.run_id})
+
+    report.records += records
+    report.documents += kept.num_rows
+    report.rejects += rejected.num_rows
+    for name, counts in group_counts.items():
+        report.stages[name] = report.stages.get(name, StageCounts()) + counts
+    for reason, n in _value_counts(rejected, "reject_reason").items():
+        report.rejects_by_reason[reason] = report.rejects_by_reason.get(reason, 0) + n
+    for lang, n in _value_counts(kept, "lang").items():
+        report.languages[lang] = report.languages.get(lang, 0) + n
+    counts = {"records": records, "documents": kept.num_rows, "rejects": rejected.num_rows,
+              "new_documents": doc_result.written, "stages": {k: v.to_dict() for k, v in group_counts.items()}}
+    record_run(lake, command=INGEST_COMMAND, target_table=table, run_id=report.run_id, started_at=started_at,
+               inputs=[{"uri": i.uri, "digest": i.digest} for i in group], counts=counts,
+               snapshot_id=doc_result.snapshot_id)
+
+
+def _stage_counts(recipe: Recipe, labelled: pa.Table) -> dict[str, StageCounts]:
+    """Funnel: rows in / kept / dropped per reason / seconds for the reader and each operator stage."""
+    stages = [INGEST_STAGE] + [op.name for op in recipe.operators]
+    dropped: dict[str, dict[str, int]] = {s: {} for s in stages}
+    mask = pc.is_valid(labelled["reject_stage"])
+    for item in pc.value_counts(
+        pc.binary_join_element_wise(labelled.filter(mask)["reject_stage"], labelled.filter(mask)["reject_reason"], "\x1f")
+    ).to_pylist():
+        stage, reason = item["values"].split("\x1f", 1)
+        dropped.setdefault(stage, {})[reason] = item["counts"]
+    counts, rows = {}, labelled.num_rows
+    for stage in list(dropped):
+        column = f"{TIMING_PREFIX}{stage}"
+        seconds = pc.sum(labelled[column]).as_py() if column in labelled.column_names else 0.0
+        gone = sum(dropped[stage].values())
+        counts[stage] = StageCounts(rows, rows - gone, dropped[stage], float(seconds or 0.0))
+        rows -= gone
+    return counts
+
+
+def _value_counts(table: pa.Table, column: str) -> dict[str, int]:
+    if column not in table.column_names or table.num_rows == 0:
+        return {}
+    return {str(i["values"]): int(i["counts"]) for i in pc.value_counts(table[column]).to_pylist()
+            if i["values"] is not None}
+
+
+def _documents(kept: pa.Table, run_id: str, now: datetime) -> pa.Table:
+    drop = [c for c in kept.column_names if c.startswith(TIMING_PREFIX) or c in DROP_FROM_DOCUMENTS
+            or c == "reject_stage"]
+    docs = kept.drop_columns(drop)
+    docs = docs.append_column("run_id", pa.array([run_id] * docs.num_rows, pa.string()))
+    docs = docs.append_column("ingested_at", pa.array([now] * docs.num_rows, pa.timestamp("us", tz="UTC")))
+    return _plain_types(docs)
+
+
+def _rejects(rejected: pa.Table, table: str, run_id: str, now: datetime) -> pa.Table:
+    n = rejected.num_rows
+
+    def col(name: str) -> pa.Array:
+        return rejected[name] if name in rejected.column_names else pa.nulls(n, pa.string())
+
+    return _plain_types(pa.table({
+        "stage": col("reject_stage"), "reason": col("reject_reason"), "detail": col("reject_detail"),
+        "target_table": pa.array([table] * n, pa.string()), "raw": col("url"),
+        "source_offset": rejected["source_offset"], "input_uri": col("input_uri"),
+        "input_digest": col("input_digest"), "record_key": col("record_key"),
+        "ingested_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")), "run_id": pa.array([run_id] * n),
+        "url": col("url"), "doc_id": col("doc_id"), "source_uri": col("source_uri"),
+    }))
+
+
+def _plain_types(table: pa.Table) -> pa.Table:
+    """Iceberg has one string type; large_string/large_list from Arrow compute become the plain ones."""
+    fields = []
+    for f in table.schema:
+        t = f.type
+        if pa.types.is_large_string(t):
+            t = pa.string()
+        elif pa.types.is_large_list(t):
+            t = pa.list_(pa.string() if pa.types.is_large_string(t.value_type) else t.value_type)
+        fields.append(pa.field(f.name, t))
+    return table.cast(pa.schema(fields))

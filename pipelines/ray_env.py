@@ -1,0 +1,39 @@
+"""Joining Ray the same way everywhere: a cluster when RAY_ADDRESS is set, else a local one in-process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from lake.config import LakeConfig
+
+
+def init_ray(cfg: LakeConfig, num_cpus: int | None = None) -> None:
+    """Connect (once per process) to the configured cluster, or start a quiet local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # stack.md §3: Ray 2.60 decides token auth from ~/.ray/auth_token unless told; decide explicitly
+    os.environ.setdefault("RAY_AUTH_MODE", cfg.ray_auth_mode)
+    # stack.md §3: inside a Ray job driver, ray.init() can invalidate the cwd; keep it and restore it
+    here = os.getcwd()
+    # "local" starts a private cluster even when another one runs on this machine (address=None would join it)
+    address = cfg.ray_address or "local"
+    if address and address.startswith("http"):
+        address = "auto"  # a Jobs URL: the job driver runs on the cluster, where "auto" finds it
+    kwargs = {"address": address, "ignore_reinit_error": True, "log_to_driver": False,
+              "logging_level": logging.WARNING, "configure_logging": True}
+    if address == "local":
+        kwargs |= {"num_cpus": num_cpus or os.cpu_count() or 1, "include_dashboard": False,
+                   "object_store_memory": 512 * 1024 * 1024}
+    ray.init(**kwargs)
+    try:
+        os.chdir(here)
+    except OSError:
+        pass
+    # bars on a terminal; in logs and CI Ray would print a progress report every few seconds instead
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = sys.stderr.isatty() and os.environ.get("LAKE_PROGRESS", "1") != "0"
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
