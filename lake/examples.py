@@ -8,6 +8,7 @@ from pathlib import Path
 # target file name -> (package, resource); later stages add their examples here
 EXAMPLES: dict[str, tuple[str, str]] = {
     "lake.toml": ("lake", "examples/lake.toml"),
+    "recipes/web.yaml": ("operators", "recipes/default.yaml"),
 }
 
 

@@ -10,6 +10,7 @@ run already committed are skipped, so re-running after a crash resumes and never
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ TIMING_PREFIX = "_seconds_"
 # reader columns that are not kept on documents: the raw payload is reachable through source_uri + offset
 DROP_FROM_DOCUMENTS = ("html", "reject_reason", "reject_detail")
 INGEST_COMMAND = "ingest"
+LINEAGE_COLUMNS = ("input_uri", "input_digest", "record_key")
 
 
 @dataclass(frozen=True)
@@ -61,21 +63,30 @@ class IngestReport:
     mlflow_run_id: str | None = None
 
     def summary(self) -> str:
-        stage_text = ", ".join(f"{name} {c.kept}/{c.rows_in}" for name, c in self.stages.items())
-        line = (f"{self.records} records = {self.documents} documents + {self.rejects} rejects "
-                f"from {self.inputs} input(s) in {self.seconds:.1f}s")
+        line = (
+            f"{self.records} records = {self.documents} documents + {self.rejects} rejects "
+            f"from {self.inputs} input(s) in {self.seconds:.1f}s"
+        )
         if self.skipped_inputs:
             line += f"; {self.skipped_inputs} input(s) already committed, skipped"
-        return line + (f" | kept per stage: {stage_text}" if stage_text else "")
+        return line
 
     def as_dict(self) -> dict:
         return {
-            "table": self.table, "run_id": self.run_id, "records": self.records, "documents": self.documents,
-            "rejects": self.rejects, "inputs": self.inputs, "skipped_inputs": self.skipped_inputs,
-            "seconds": round(self.seconds, 3), "docs_per_s": round(self.records / self.seconds, 2) if self.seconds else None,
+            "table": self.table,
+            "run_id": self.run_id,
+            "records": self.records,
+            "documents": self.documents,
+            "rejects": self.rejects,
+            "inputs": self.inputs,
+            "skipped_inputs": self.skipped_inputs,
+            "seconds": round(self.seconds, 3),
+            "docs_per_s": round(self.records / self.seconds, 2) if self.seconds else None,
             "stages": {name: c.to_dict() for name, c in self.stages.items()},
-            "rejects_by_reason": self.rejects_by_reason, "languages": self.languages,
-            "snapshot_id": self.snapshot_id, "mlflow_run_id": self.mlflow_run_id,
+            "rejects_by_reason": self.rejects_by_reason,
+            "languages": self.languages,
+            "snapshot_id": self.snapshot_id,
+            "mlflow_run_id": self.mlflow_run_id,
         }
 
 
@@ -93,11 +104,36 @@ def read_input(item: dict) -> Iterator[dict]:
         rows = iter_jsonl(uri)
     for row in rows:
         source = row.get("source_uri") or uri
-        rel = source[len(uri):].lstrip("/") if source.startswith(uri) else source
+        rel = source[len(uri) :].lstrip("/") if source.startswith(uri) else source
         row["input_uri"] = uri
         row["input_digest"] = item["digest"]
         row["record_key"] = f"{rel}@{row.get('source_offset')}" if rel else str(row.get("source_offset"))
         yield row
+
+
+def read_inputs(items: pa.Table, rows_per_batch: int = 256) -> Iterator[pa.Table]:
+    """Ray Data map: input descriptions -> batches of reader rows with one fixed schema (streamed per input)."""
+    from operators.ingest import ROW_SCHEMA
+
+    schema = ROW_SCHEMA
+    for name in LINEAGE_COLUMNS:
+        schema = schema.append(pa.field(name, pa.string()))
+    timing = f"{TIMING_PREFIX}{INGEST_STAGE}"
+
+    def emit(rows: list[dict], seconds: float) -> pa.Table:
+        batch = pa.Table.from_pylist(rows, schema=schema)
+        return batch.append_column(timing, pa.array([seconds / len(rows)] * len(rows), pa.float64()))
+
+    buffer: list[dict] = []
+    started = time.perf_counter()
+    for item in items.to_pylist():
+        for row in read_input(item):
+            buffer.append(row)
+            if len(buffer) >= rows_per_batch:
+                yield emit(buffer, time.perf_counter() - started)
+                buffer, started = [], time.perf_counter()
+    if buffer:
+        yield emit(buffer, time.perf_counter() - started)
 
 
 class RecipeRunner:
@@ -140,8 +176,10 @@ def _align(live: pa.Table, dead: pa.Table) -> pa.Table:
     """Reader rejects rejoin the labelled rows, with nulls in the label columns they never got."""
     if dead.num_rows == 0:
         return live
-    columns = {name: dead[name] if name in dead.column_names else pa.nulls(dead.num_rows, live.schema.field(name).type)
-               for name in live.column_names}
+    columns = {
+        name: dead[name] if name in dead.column_names else pa.nulls(dead.num_rows, live.schema.field(name).type)
+        for name in live.column_names
+    }
     return pa.concat_tables([live, pa.table(columns, schema=live.schema)])
 
 
@@ -151,8 +189,14 @@ def resolve_inputs(kind: str, paths: list[str], urls_file: str | None) -> list[I
         if len(paths) != 1 or not Path(paths[0]).is_dir():
             raise UsageError("lake ingest html takes one directory of .html / .html.gz files")
         directory = str(Path(paths[0]).resolve())
-        return [Input(directory, _directory_digest(Path(directory)), kind,
-                      str(Path(urls_file).resolve()) if urls_file else None)]
+        return [
+            Input(
+                directory,
+                _directory_digest(Path(directory)),
+                kind,
+                str(Path(urls_file).resolve()) if urls_file else None,
+            )
+        ]
     return [Input(uri, file_digest(uri), kind) for uri in check_inputs(paths)]
 
 
@@ -195,31 +239,46 @@ def ingest(
     lake.ensure_table(rejects_table, "rejects")
     done = committed_inputs(lake, table, INGEST_COMMAND)
     todo = [i for i in inputs if i.digest not in done]
-    report = IngestReport(table=table, run_id=uuid.uuid4().hex, inputs=len(inputs),
-                          skipped_inputs=len(inputs) - len(todo))
+    report = IngestReport(
+        table=table, run_id=uuid.uuid4().hex, inputs=len(inputs), skipped_inputs=len(inputs) - len(todo)
+    )
     if todo:
         from pipelines.ray_env import init_ray
 
         init_ray(cfg)
     for start in range(0, len(todo), commit_every):
-        group = todo[start:start + commit_every]
+        group = todo[start : start + commit_every]
         _ingest_group(lake, recipe, recipe_file, group, table, rejects_table, report, started_at)
     report.seconds = time.perf_counter() - clock
     report.snapshot_id = lake.resolve_snapshot(table, None)
     return report
 
 
-def _ingest_group(lake: Lakehouse, recipe: Recipe, recipe_file: str, group: list[Input], table: str,
-                  rejects_table: str, report: IngestReport, started_at: datetime) -> None:
+def _ingest_group(
+    lake: Lakehouse,
+    recipe: Recipe,
+    recipe_file: str,
+    group: list[Input],
+    table: str,
+    rejects_table: str,
+    report: IngestReport,
+    started_at: datetime,
+) -> None:
     import ray
 
     items = [{"uri": i.uri, "digest": i.digest, "kind": i.kind, "urls_file": i.urls_file} for i in group]
     cpus = max(1, int(ray.available_resources().get("CPU", 1)))
     dataset = (
         ray.data.from_items(items, override_num_blocks=len(items))
-        .flat_map(read_input)
-        .map_batches(RecipeRunner, fn_constructor_kwargs={"recipe_path": recipe_file}, batch_format="pyarrow",
-                     batch_size=64, concurrency=(1, cpus), num_cpus=1)
+        .map_batches(read_inputs, batch_size=1, batch_format="pyarrow")
+        .map_batches(
+            RecipeRunner,
+            fn_constructor_kwargs={"recipe_path": recipe_file},
+            batch_format="pyarrow",
+            batch_size=64,
+            concurrency=(1, cpus),
+            num_cpus=1,
+        )
     )
     kept_parts, reject_parts = [], []
     for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -240,6 +299,7 @@ def _ingest_group(lake: Lakehouse, recipe: Recipe, recipe_file: str, group: list
     documents = _documents(kept, report.run_id, now)
     lake.add_columns(table, [f for f in documents.schema if f.name not in ("ingested_at",)])
     doc_result = lake.append(table, documents, snapshot_properties={"lake.run_id": report.run_id})
+    _fault_point("after_documents_commit")
     reject_rows = _rejects(rejected, table, report.run_id, now)
     lake.add_columns(rejects_table, reject_rows.schema)
     lake.append(rejects_table, reject_rows, snapshot_properties={"lake.run_id": report.run_id})
@@ -253,11 +313,29 @@ def _ingest_group(lake: Lakehouse, recipe: Recipe, recipe_file: str, group: list
         report.rejects_by_reason[reason] = report.rejects_by_reason.get(reason, 0) + n
     for lang, n in _value_counts(kept, "lang").items():
         report.languages[lang] = report.languages.get(lang, 0) + n
-    counts = {"records": records, "documents": kept.num_rows, "rejects": rejected.num_rows,
-              "new_documents": doc_result.written, "stages": {k: v.to_dict() for k, v in group_counts.items()}}
-    record_run(lake, command=INGEST_COMMAND, target_table=table, run_id=report.run_id, started_at=started_at,
-               inputs=[{"uri": i.uri, "digest": i.digest} for i in group], counts=counts,
-               snapshot_id=doc_result.snapshot_id)
+    counts = {
+        "records": records,
+        "documents": kept.num_rows,
+        "rejects": rejected.num_rows,
+        "new_documents": doc_result.written,
+        "stages": {k: v.to_dict() for k, v in group_counts.items()},
+    }
+    record_run(
+        lake,
+        command=INGEST_COMMAND,
+        target_table=table,
+        run_id=report.run_id,
+        started_at=started_at,
+        inputs=[{"uri": i.uri, "digest": i.digest} for i in group],
+        counts=counts,
+        snapshot_id=doc_result.snapshot_id,
+    )
+
+
+def _fault_point(name: str) -> None:
+    """Crash on purpose where ``LAKE_FAULT`` says so: how the resume tests kill a run between two commits."""
+    if os.environ.get("LAKE_FAULT") == name:
+        raise RuntimeError(f"injected fault at {name}")
 
 
 def _stage_counts(recipe: Recipe, labelled: pa.Table) -> dict[str, StageCounts]:
@@ -266,7 +344,9 @@ def _stage_counts(recipe: Recipe, labelled: pa.Table) -> dict[str, StageCounts]:
     dropped: dict[str, dict[str, int]] = {s: {} for s in stages}
     mask = pc.is_valid(labelled["reject_stage"])
     for item in pc.value_counts(
-        pc.binary_join_element_wise(labelled.filter(mask)["reject_stage"], labelled.filter(mask)["reject_reason"], "\x1f")
+        pc.binary_join_element_wise(
+            labelled.filter(mask)["reject_stage"], labelled.filter(mask)["reject_reason"], "\x1f"
+        )
     ).to_pylist():
         stage, reason = item["values"].split("\x1f", 1)
         dropped.setdefault(stage, {})[reason] = item["counts"]
@@ -283,13 +363,17 @@ def _stage_counts(recipe: Recipe, labelled: pa.Table) -> dict[str, StageCounts]:
 def _value_counts(table: pa.Table, column: str) -> dict[str, int]:
     if column not in table.column_names or table.num_rows == 0:
         return {}
-    return {str(i["values"]): int(i["counts"]) for i in pc.value_counts(table[column]).to_pylist()
-            if i["values"] is not None}
+    return {
+        str(i["values"]): int(i["counts"])
+        for i in pc.value_counts(table[column]).to_pylist()
+        if i["values"] is not None
+    }
 
 
 def _documents(kept: pa.Table, run_id: str, now: datetime) -> pa.Table:
-    drop = [c for c in kept.column_names if c.startswith(TIMING_PREFIX) or c in DROP_FROM_DOCUMENTS
-            or c == "reject_stage"]
+    drop = [
+        c for c in kept.column_names if c.startswith(TIMING_PREFIX) or c in DROP_FROM_DOCUMENTS or c == "reject_stage"
+    ]
     docs = kept.drop_columns(drop)
     docs = docs.append_column("run_id", pa.array([run_id] * docs.num_rows, pa.string()))
     docs = docs.append_column("ingested_at", pa.array([now] * docs.num_rows, pa.timestamp("us", tz="UTC")))
@@ -302,14 +386,26 @@ def _rejects(rejected: pa.Table, table: str, run_id: str, now: datetime) -> pa.T
     def col(name: str) -> pa.Array:
         return rejected[name] if name in rejected.column_names else pa.nulls(n, pa.string())
 
-    return _plain_types(pa.table({
-        "stage": col("reject_stage"), "reason": col("reject_reason"), "detail": col("reject_detail"),
-        "target_table": pa.array([table] * n, pa.string()), "raw": col("url"),
-        "source_offset": rejected["source_offset"], "input_uri": col("input_uri"),
-        "input_digest": col("input_digest"), "record_key": col("record_key"),
-        "ingested_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")), "run_id": pa.array([run_id] * n),
-        "url": col("url"), "doc_id": col("doc_id"), "source_uri": col("source_uri"),
-    }))
+    return _plain_types(
+        pa.table(
+            {
+                "stage": col("reject_stage"),
+                "reason": col("reject_reason"),
+                "detail": col("reject_detail"),
+                "target_table": pa.array([table] * n, pa.string()),
+                "raw": col("url"),
+                "source_offset": rejected["source_offset"],
+                "input_uri": col("input_uri"),
+                "input_digest": col("input_digest"),
+                "record_key": col("record_key"),
+                "ingested_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+                "run_id": pa.array([run_id] * n),
+                "url": col("url"),
+                "doc_id": col("doc_id"),
+                "source_uri": col("source_uri"),
+            }
+        )
+    )
 
 
 def _plain_types(table: pa.Table) -> pa.Table:
@@ -317,7 +413,7 @@ def _plain_types(table: pa.Table) -> pa.Table:
     fields = []
     for f in table.schema:
         t = f.type
-        if pa.types.is_large_string(t):
+        if pa.types.is_large_string(t) or pa.types.is_null(t):
             t = pa.string()
         elif pa.types.is_large_list(t):
             t = pa.list_(pa.string() if pa.types.is_large_string(t.value_type) else t.value_type)

@@ -53,24 +53,36 @@ def languages_figure(report):
 def log_ingest_run(cfg: LakeConfig, report, kind: str, paths: list[str]) -> str:
     """Log ``report`` as one MLflow run; returns its run id."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import mlflow
     import matplotlib.pyplot as plt
+    import mlflow
 
     mlflow.set_tracking_uri(cfg.mlflow_uri_effective)
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
-        location = (cfg.mlflow_artifacts_dir / EXPERIMENT).as_uri() if cfg.mlflow_uri_effective.startswith(
-            "sqlite") else None
+        location = (
+            (cfg.mlflow_artifacts_dir / EXPERIMENT).as_uri() if cfg.mlflow_uri_effective.startswith("sqlite") else None
+        )
         experiment_id = mlflow.create_experiment(EXPERIMENT, artifact_location=location)
     else:
         experiment_id = experiment.experiment_id
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"ingest-{kind}-{report.run_id[:8]}") as run:
-        mlflow.set_tags({"lake.run_id": report.run_id, "lake.table": report.table,
-                         "lake.snapshot_id": str(report.snapshot_id)})
-        mlflow.log_params({"kind": kind, "inputs": report.inputs, "table": report.table,
-                           "first_input": paths[0][:250] if paths else ""})
-        metrics = {"records": report.records, "documents": report.documents, "rejects": report.rejects,
-                   "seconds": report.seconds}
+        mlflow.set_tags(
+            {"lake.run_id": report.run_id, "lake.table": report.table, "lake.snapshot_id": str(report.snapshot_id)}
+        )
+        mlflow.log_params(
+            {
+                "kind": kind,
+                "inputs": report.inputs,
+                "table": report.table,
+                "first_input": paths[0][:250] if paths else "",
+            }
+        )
+        metrics = {
+            "records": report.records,
+            "documents": report.documents,
+            "rejects": report.rejects,
+            "seconds": report.seconds,
+        }
         for stage, counts in report.stages.items():
             metrics |= {f"{stage}/{k}": v for k, v in counts.to_dict().items()}
         mlflow.log_metrics(metrics)

@@ -23,11 +23,19 @@ def init_ray(cfg: LakeConfig, num_cpus: int | None = None) -> None:
     address = cfg.ray_address or "local"
     if address and address.startswith("http"):
         address = "auto"  # a Jobs URL: the job driver runs on the cluster, where "auto" finds it
-    kwargs = {"address": address, "ignore_reinit_error": True, "log_to_driver": False,
-              "logging_level": logging.WARNING, "configure_logging": True}
+    kwargs = {
+        "address": address,
+        "ignore_reinit_error": True,
+        "log_to_driver": False,
+        "logging_level": logging.WARNING,
+        "configure_logging": True,
+    }
     if address == "local":
-        kwargs |= {"num_cpus": num_cpus or os.cpu_count() or 1, "include_dashboard": False,
-                   "object_store_memory": 512 * 1024 * 1024}
+        kwargs |= {
+            "num_cpus": num_cpus or os.cpu_count() or 1,
+            "include_dashboard": False,
+            "object_store_memory": 512 * 1024 * 1024,
+        }
     ray.init(**kwargs)
     try:
         os.chdir(here)

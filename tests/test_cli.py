@@ -124,3 +124,27 @@ def test_config_precedence_and_init(lake_env, tmp_path):
     kept = _ok(run_lake("init", "cfg", env=lake_env))
     assert "kept" in kept, "init does not overwrite without --force"
     _usage_error(run_lake("--config", "missing.toml", "config", env=env), "missing.toml")
+
+
+def test_ingest_cli_prints_json_and_logs_the_funnel_to_mlflow(lake_env, data_dir, tmp_path):
+    files = [str(p) for p in sorted(data_dir.glob("warc/cc-2020-zh-resiliparse.warc.gz"))]
+    _ok(run_lake("init", "cfg", env=lake_env))
+    result = run_lake(
+        "ingest", "warc", *files, "--recipe", "cfg/recipes/web.yaml", "--format", "json", env=lake_env, cwd=tmp_path
+    )
+    report = json.loads(_ok(result).strip().splitlines()[-1])
+    assert report["records"] == 16 == report["documents"] + report["rejects"]
+    assert report["stages"]["ingest"]["rows_in"] == 16 and "language_id" in report["stages"]
+    assert report["languages"]["zh"] >= 8
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    run = client.get_run(report["mlflow_run_id"])
+    assert run.data.metrics["records"] == 16
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "charts")} == {
+        "charts/funnel.png",
+        "charts/languages.png",
+    }
+    bad = run_lake("ingest", "warc", *files, "--recipe", "nope.yaml", env=lake_env, cwd=tmp_path)
+    _usage_error(bad, "nope.yaml")

@@ -9,21 +9,41 @@ import click
 from lake.cli.context import CliContext, pass_ctx
 from lake.cli.output import emit_json
 
-TABLE_OPTION = click.option("--table", default="web.documents", show_default=True, metavar="NS.TABLE",
-                            help="Documents table; rejects go to NS.rejects.")
-RECIPE_OPTION = click.option("--recipe", "recipe", default=None, type=click.Path(dir_okay=False),
-                             help="Recipe YAML (default: the built-in recipe; `lake init` writes a copy).")
-FORMAT_OPTION = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-                             show_default=True)
+TABLE_OPTION = click.option(
+    "--table",
+    default="web.documents",
+    show_default=True,
+    metavar="NS.TABLE",
+    help="Documents table; rejects go to NS.rejects.",
+)
+RECIPE_OPTION = click.option(
+    "--recipe",
+    "recipe",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Recipe YAML (default: the built-in recipe; `lake init` writes a copy).",
+)
+FORMAT_OPTION = click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
 
 
-def _run(obj: CliContext, kind: str, paths: list[str], table: str, recipe: str | None, fmt: str,
-         urls_file: str | None = None) -> None:
+def _run(
+    obj: CliContext, kind: str, paths: list[str], table: str, recipe: str | None, fmt: str, urls_file: str | None = None
+) -> None:
     from pipelines.ingest import ingest
     from pipelines.ingest_tracking import log_ingest_run
 
-    report = ingest(obj.config, obj.lake, kind, paths, table=table, recipe_path=recipe, urls_file=urls_file,
-                    echo=lambda m: click.echo(m, err=True))
+    report = ingest(
+        obj.config,
+        obj.lake,
+        kind,
+        paths,
+        table=table,
+        recipe_path=recipe,
+        urls_file=urls_file,
+        echo=lambda m: click.echo(m, err=True),
+    )
     if report.records:
         report.mlflow_run_id = log_ingest_run(obj.config, report, kind, paths)
     if fmt == "json":
@@ -53,14 +73,20 @@ def ingest_warc(obj: CliContext, paths: tuple[str, ...], table: str, recipe: str
 
 @ingest_group.command("html")
 @click.argument("directory")
-@click.option("--urls", "urls_file", default=None, type=click.Path(dir_okay=False, exists=True),
-              help="URL map: JSONL {file, url} or TSV file<TAB>url.")
+@click.option(
+    "--urls",
+    "urls_file",
+    default=None,
+    type=click.Path(dir_okay=False, exists=True),
+    help="URL map: JSONL {file, url} or TSV file<TAB>url.",
+)
 @TABLE_OPTION
 @RECIPE_OPTION
 @FORMAT_OPTION
 @pass_ctx
-def ingest_html(obj: CliContext, directory: str, urls_file: str | None, table: str, recipe: str | None,
-                fmt: str) -> None:
+def ingest_html(
+    obj: CliContext, directory: str, urls_file: str | None, table: str, recipe: str | None, fmt: str
+) -> None:
     """A folder of .html / .html.gz pages."""
     _run(obj, "html", [directory], table, recipe, fmt, urls_file=urls_file)
 

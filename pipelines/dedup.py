@@ -1,0 +1,874 @@
+"""``lake dedup``: exact and MinHash-LSH near-duplicate labels for a whole table, on Ray.
+
+Stages (nothing of size N is collected on the driver; it holds object refs and counts):
+
+1. **Signatures** (Ray Data ``map_batches`` of ``operators.dedup.MinHashSignature``) for the rows that have none
+   yet: on a labelled table those are the rows whose ``dup_cluster_id`` is null, i.e. a crawl batch appended
+   since the last run. They are appended to the side table ``NS.TABLE_minhash`` (node, signature, exact text and
+   URL hashes), so old documents are never hashed again. Changing ``num_perm``/``ngram``/``tokenizer``/``seed``
+   makes stored signatures incomparable: they are then recomputed for every row (and replaced).
+2. **Buckets**: every signature row becomes one row per LSH band (plus one per exact-text hash and per URL hash);
+   Ray Data hash-shuffles them by bucket key (``repartition(keys=["bucket"])``), and each block turns its
+   multi-member buckets into edges, verified by signature similarity (all pairs up to ``max_pair_bucket``
+   members, leader comparison beyond), reduced to a spanning forest of the block (scipy connected components).
+3. **Connected components**, distributed: ``num_shards`` ``GraphShard`` actors each own the nodes ``node %
+   num_shards``, with their edges. Rounds of min-label propagation along edges plus pointer jumping (``L[u] <-
+   L[L[u]]``) exchange label arrays actor-to-actor (the driver passes object refs, never the arrays) until no
+   label changes. Each component's label is its smallest node id.
+4. **Keeper**: every row's keeper key (quality desc, then earliest ``fetch_time``, then ``doc_id``) goes to the
+   shard of its node; members go to the shard of their component root, which picks the keeper and counts the
+   members present in the table.
+5. **Labels**: the table's rows get ``dup_cluster_id`` (the keeper's ``doc_id``), ``dup_cluster_size`` and
+   ``dup_keep`` (schema evolution) and are written as one new snapshot (``catalog.rewrite``). Mixes filter on
+   ``dup_keep``.
+
+``scope="table"`` deduplicates new rows against everything already there (all stored signatures); ``"batch"``
+only among the new rows, whose labels are written while older rows keep theirs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from tqdm import tqdm
+
+from catalog.rewrite import append_dataset, ensure_side_table, replace_dataset, rewrite_with_columns
+from catalog.runs import record_run
+from catalog.store import Lakehouse
+from lake.config import LakeConfig
+from lake.errors import UsageError
+from operators.dedup import (
+    TOKENIZERS,
+    MinHashSignature,
+    band_hashes,
+    choose_bands,
+    decode_signatures,
+    node_ids,
+    splitmix64,
+)
+from pipelines.ray_env import init_ray
+
+LABEL_FIELDS = [
+    pa.field("dup_cluster_id", pa.string()),
+    pa.field("dup_cluster_size", pa.int64()),
+    pa.field("dup_keep", pa.bool_()),
+]
+SIG_SCHEMA = pa.schema(
+    [
+        pa.field("dup_node", pa.int64()),
+        pa.field("doc_id", pa.string()),
+        pa.field("dup_sig", pa.binary()),
+        pa.field("dup_shingles", pa.int32()),
+        pa.field("dup_text_hash", pa.int64()),
+        pa.field("dup_url_hash", pa.int64()),
+        pa.field("run_id", pa.string()),
+    ]
+)
+SIG_KIND = "minhash_signatures"
+PARAM_PROPS = ("num_perm", "ngram", "tokenizer", "seed")
+_EXACT_SALT = np.uint64(0xE8AC7)
+_URL_SALT = np.uint64(0x5E1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DedupConfig:
+    """Everything that decides a dedup run; validated before any data is read."""
+
+    threshold: float = 0.8  # Jaccard similarity of shingle sets above which two documents are duplicates
+    ngram: int = 5  # shingle size in tokens (a CJK character is a token)
+    num_perm: int = 128  # MinHash permutations
+    tokenizer: str = "auto"  # auto (words; CJK characters), char, word
+    seed: int = 42
+    scope: str = "table"  # table: new rows against all; batch: new rows among themselves
+    verify: bool = True  # verify LSH candidates by signature similarity >= threshold
+    false_positive_weight: float = 0.1
+    false_negative_weight: float = 0.9
+    bands: int | None = None  # override datasketch's choice (with rows)
+    rows: int | None = None
+    exact: bool = True  # exact normalised-text duplicates
+    url: bool = True  # same normalised URL
+    quality: str | None = None  # column or SQL expression, higher is better; None: count of null *_reason columns
+    text_column: str = "text"
+    url_column: str = "url"
+    fetch_time_column: str = "fetch_time"
+    num_shards: int = 2  # connected-components actors
+    batch_size: int = 512
+    max_pair_bucket: int = 256  # buckets up to this size are verified all-pairs, larger ones against leaders
+    max_rounds: int = 64
+    mlflow: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be between 0 and 1 (exclusive), got {self.threshold}")
+        if self.ngram < 1:
+            raise ValueError(f"ngram must be >= 1, got {self.ngram}")
+        if not 16 <= self.num_perm <= 1024:
+            raise ValueError(f"num-perm must be between 16 and 1024, got {self.num_perm}")
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"tokenizer must be one of {', '.join(TOKENIZERS)}, got {self.tokenizer!r}")
+        if self.scope not in ("table", "batch"):
+            raise ValueError(f"scope must be 'table' or 'batch', got {self.scope!r}")
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("give both bands and rows, or neither")
+        if self.bands is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands x rows = {self.bands * self.rows} exceeds num-perm {self.num_perm}")
+        if self.num_shards < 1:
+            raise ValueError("num_shards must be >= 1")
+
+    @property
+    def lsh(self) -> tuple[int, int]:
+        if self.bands is not None:
+            return self.bands, self.rows
+        return choose_bands(self.threshold, self.num_perm, self.false_positive_weight, self.false_negative_weight)
+
+    def signature_params(self) -> dict[str, str]:
+        return {f"lake.dedup.{k}": str(getattr(self, k)) for k in PARAM_PROPS}
+
+
+@dataclass
+class DedupReport:
+    table: str
+    documents: int = 0  # rows labelled by this run
+    hashed: int = 0  # rows whose signatures were computed by this run
+    clusters: int = 0  # clusters with at least two documents
+    duplicates: int = 0  # rows with dup_keep = false
+    edges: int = 0  # verified edges after per-block reduction
+    rounds: int = 0  # connected-components rounds
+    bands: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+    size_histogram: dict[int, int] = field(default_factory=dict)  # cluster size -> clusters (sizes >= 2)
+    snapshot_id: int | None = None
+    base_snapshot_id: int | None = None
+    run_id: str = ""
+    mlflow_run_id: str | None = None
+    rehashed_all: bool = False
+
+    def summary(self) -> str:
+        return (
+            f"{self.documents} documents, {self.clusters} clusters, {self.duplicates} duplicates in {self.seconds:.1f}s"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["size_histogram"] = {str(k): v for k, v in sorted(self.size_histogram.items())}
+        return out
+
+
+# ---- keeper keys --------------------------------------------------------------------------------------------
+def quality_scores(batch: pa.Table, spec: str | None) -> np.ndarray:
+    """Keeper quality per row (higher is better, float64, null = -inf).
+
+    ``None``: the number of ``*_reason`` columns that are null (a row that passed more quality filters ranks
+    higher); 0 for every row when the table has none. A column name: that column. Anything else: a polars SQL
+    expression over the row's columns, e.g. ``"lang_score * (gopher_reason IS NULL)"``.
+    """
+    n = batch.num_rows
+    if spec is None:
+        reasons = [c for c in batch.column_names if c.endswith("_reason")]
+        score = np.zeros(n, dtype=np.float64)
+        for c in reasons:
+            score += pc.is_null(batch[c]).to_numpy(zero_copy_only=False).astype(np.float64)
+        return score
+    if spec in batch.column_names:
+        values = batch[spec].cast(pa.float64())
+    else:
+        import polars as pl
+
+        frame = pl.from_arrow(batch) if n else pl.from_arrow(batch.schema.empty_table())
+        values = frame.select(pl.sql_expr(spec).cast(pl.Float64).alias("q")).to_arrow()["q"]
+    return pc.fill_null(values, -math.inf).to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def check_quality_spec(schema: pa.Schema, spec: str | None) -> None:
+    try:
+        quality_scores(schema.empty_table(), spec)
+    except Exception as exc:
+        raise UsageError(f"--quality {spec!r} is neither a column nor a valid SQL expression: {exc}") from None
+
+
+def _key_rows(batch: pa.Table, quality: str | None, fetch_time_column: str) -> pa.Table:
+    n = batch.num_rows
+    fetch = (
+        batch[fetch_time_column].cast(pa.string())
+        if fetch_time_column in batch.column_names
+        else pa.nulls(n, pa.string())
+    )
+    doc_id = batch["doc_id"].cast(pa.string()) if "doc_id" in batch.column_names else pa.nulls(n, pa.string())
+    return pa.table(
+        {
+            "node": pa.array(node_ids(batch), pa.int64()),
+            "quality": pa.array(quality_scores(batch, quality), pa.float64()),
+            "fetch": fetch,
+            "doc_id": doc_id,
+        }
+    )
+
+
+# ---- stage 2: buckets -> edges --------------------------------------------------------------------------------
+def _bucket_rows(
+    batch: pa.Table, bands: int, rows: int, num_perm: int, seed: int, verify: bool, exact: bool, url: bool
+) -> pa.Table:
+    """One row per (document, LSH band), plus exact-text and URL key rows: bucket, node, verify, sig."""
+    nodes = batch["dup_node"].to_numpy(zero_copy_only=False)
+    has = batch["dup_shingles"].to_numpy(zero_copy_only=False) > 0
+    parts = []
+    if has.any():
+        idx = np.flatnonzero(has)
+        sigs = decode_signatures(batch["dup_sig"].take(pa.array(idx)), num_perm)
+        keys = band_hashes(sigs, bands, rows, seed)  # (n, bands)
+        sig_col = batch["dup_sig"].take(pa.array(np.repeat(idx, bands))) if verify else None
+        parts.append(
+            pa.table(
+                {
+                    "bucket": pa.array(keys.reshape(-1), pa.int64()),
+                    "node": pa.array(np.repeat(nodes[idx], bands), pa.int64()),
+                    "verify": pa.array(np.full(idx.size * bands, verify)),
+                    "sig": sig_col if sig_col is not None else pa.nulls(idx.size * bands, pa.binary()),
+                }
+            )
+        )
+    for enabled, column, salt in ((exact, "dup_text_hash", _EXACT_SALT), (url, "dup_url_hash", _URL_SALT)):
+        if not enabled or column not in batch.column_names:
+            continue
+        values = batch[column]
+        valid = pc.is_valid(values).to_numpy(zero_copy_only=False)
+        if not valid.any():
+            continue
+        raw = pc.fill_null(values, 0).to_numpy(zero_copy_only=False).astype(np.int64)[valid].view(np.uint64)
+        parts.append(
+            pa.table(
+                {
+                    "bucket": pa.array(splitmix64(raw ^ salt).view(np.int64), pa.int64()),
+                    "node": pa.array(nodes[valid], pa.int64()),
+                    "verify": pa.array(np.zeros(int(valid.sum()), dtype=bool)),
+                    "sig": pa.nulls(int(valid.sum()), pa.binary()),
+                }
+            )
+        )
+    if not parts:
+        return pa.table(
+            {
+                "bucket": pa.array([], pa.int64()),
+                "node": pa.array([], pa.int64()),
+                "verify": pa.array([], pa.bool_()),
+                "sig": pa.array([], pa.binary()),
+            }
+        )
+    return pa.concat_tables(parts)
+
+
+def _verified_pairs(sigs: np.ndarray, threshold: float, max_pair_bucket: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i, j) of one bucket's members whose signature similarity reaches ``threshold``."""
+    k = sigs.shape[0]
+    if k <= max_pair_bucket:
+        sim = (sigs[:, None, :] == sigs[None, :, :]).mean(axis=2)
+        i, j = np.nonzero(np.triu(sim >= threshold, k=1))
+        return i, j
+    # large bucket (a template): compare each member with the leaders so far, O(k * leaders)
+    leaders: list[int] = []
+    src, dst = [], []
+    for m in range(k):
+        if leaders:
+            sim = (sigs[leaders] == sigs[m]).mean(axis=1)
+            hits = np.flatnonzero(sim >= threshold)
+            if hits.size:
+                src.extend([leaders[h] for h in hits])
+                dst.extend([m] * hits.size)
+                continue
+        if len(leaders) < max_pair_bucket:
+            leaders.append(m)
+    return np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
+
+
+def _bucket_edges(block: pa.Table, threshold: float, num_perm: int, max_pair_bucket: int) -> pa.Table:
+    """Edges of the multi-member buckets of one hash-partitioned block, reduced to a spanning forest."""
+    empty = pa.table({"src": pa.array([], pa.int64()), "dst": pa.array([], pa.int64())})
+    if block.num_rows < 2:
+        return empty
+    bucket = block["bucket"].to_numpy(zero_copy_only=False)
+    node = block["node"].to_numpy(zero_copy_only=False)
+    order = np.lexsort((node, bucket))
+    bucket, node = bucket[order], node[order]
+    new_group = np.ones(bucket.size, dtype=bool)
+    new_group[1:] = bucket[1:] != bucket[:-1]
+    dup_row = np.zeros(bucket.size, dtype=bool)
+    dup_row[1:] = ~new_group[1:] & (node[1:] == node[:-1])  # the same node twice in a bucket
+    keep = ~dup_row
+    order, bucket, node, new_group = order[keep], bucket[keep], node[keep], new_group[keep]
+    group_id = np.cumsum(new_group) - 1
+    starts = np.flatnonzero(new_group)
+    sizes = np.diff(np.append(starts, bucket.size))
+    multi = sizes[group_id] > 1
+    if not multi.any():
+        return empty
+    verify = block["verify"].to_numpy(zero_copy_only=False)[order]
+    src_parts, dst_parts = [], []
+    # unverified (exact text / URL) buckets: a star to the bucket's first node
+    star = multi & ~verify
+    if star.any():
+        first = node[starts[group_id[star]]]
+        src_parts.append(first)
+        dst_parts.append(node[star])
+    check = multi & verify
+    if check.any():
+        rows_idx = np.flatnonzero(check)
+        sig_rows = block["sig"].take(pa.array(order[rows_idx]))
+        sigs = decode_signatures(sig_rows, num_perm)
+        pos = np.full(bucket.size, -1, dtype=np.int64)
+        pos[rows_idx] = np.arange(rows_idx.size)
+        groups = np.unique(group_id[rows_idx])
+        g_start, g_size = starts[groups], sizes[groups]
+        pairs = g_size == 2  # the common case, vectorised
+        if pairs.any():
+            a, b = pos[g_start[pairs]], pos[g_start[pairs] + 1]
+            ok = (sigs[a] == sigs[b]).mean(axis=1) >= threshold
+            src_parts.append(node[g_start[pairs]][ok])
+            dst_parts.append(node[g_start[pairs] + 1][ok])
+        for s, k in zip(g_start[~pairs], g_size[~pairs], strict=True):
+            members = node[s : s + k]
+            i, j = _verified_pairs(sigs[pos[s : s + k]], threshold, max_pair_bucket)
+            src_parts.append(members[i])
+            dst_parts.append(members[j])
+    src = np.concatenate(src_parts) if src_parts else np.zeros(0, np.int64)
+    dst = np.concatenate(dst_parts) if dst_parts else np.zeros(0, np.int64)
+    keep = src != dst
+    src, dst = src[keep], dst[keep]
+    if src.size == 0:
+        return empty
+    return pa.table(_spanning_forest(src, dst))
+
+
+def _spanning_forest(src: np.ndarray, dst: np.ndarray) -> dict[str, np.ndarray]:
+    """The same connectivity with one edge per non-root node: (node, smallest node of its local component)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    nodes, inverse = np.unique(np.concatenate([src, dst]), return_inverse=True)
+    n = nodes.size
+    graph = coo_matrix((np.ones(src.size, dtype=np.int8), (inverse[: src.size], inverse[src.size :])), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    root = np.full(comp.max() + 1, n, dtype=np.int64)
+    np.minimum.at(root, comp, np.arange(n))  # nodes are sorted: the smallest index is the smallest node
+    root_node = nodes[root[comp]]
+    keep = root_node != nodes
+    return {"src": nodes[keep], "dst": root_node[keep]}
+
+
+# ---- stage 3-4: graph shards ----------------------------------------------------------------------------------
+def _split(values: np.ndarray, k: int) -> list[np.ndarray]:
+    owner = values % k
+    return [values[owner == t] for t in range(k)]
+
+
+class GraphShard:
+    """The nodes ``node % num_shards == shard``: their edges, labels, keeper keys and final labels."""
+
+    def __init__(self, shard: int, num_shards: int) -> None:
+        self.shard, self.k = shard, num_shards
+        self._src: list[np.ndarray] = []
+        self._dst: list[np.ndarray] = []
+        self.nodes = np.zeros(0, np.int64)
+        self.label = np.zeros(0, np.int64)
+        self.keys: list[pa.Table] = []
+        self.result: pa.Table | None = None
+
+    def _out(self, parts: list):
+        return parts[0] if self.k == 1 else tuple(parts)
+
+    # edges and propagation
+    def add_edges(self, src: np.ndarray, dst: np.ndarray) -> int:
+        self._src.append(np.asarray(src, np.int64))
+        self._dst.append(np.asarray(dst, np.int64))
+        return int(len(src))
+
+    def finalize(self):
+        src = np.concatenate(self._src) if self._src else np.zeros(0, np.int64)
+        dst = np.concatenate(self._dst) if self._dst else np.zeros(0, np.int64)
+        self._src, self._dst = [], []
+        if src.size:
+            pairs = np.unique(np.stack([src, dst], axis=1), axis=0)
+            src, dst = pairs[:, 0], pairs[:, 1]
+        self.nodes = np.unique(src)
+        self.label = self.nodes.copy()
+        self.edge_src = np.searchsorted(self.nodes, src)
+        # neighbour labels are asked from their owners once per round, in a fixed order
+        owner = dst % self.k
+        self.requests = [np.unique(dst[owner == t]) for t in range(self.k)]
+        offsets = np.cumsum([0] + [r.size for r in self.requests])
+        self.edge_answer = np.empty(dst.size, dtype=np.int64)
+        for t in range(self.k):
+            sel = owner == t
+            self.edge_answer[sel] = offsets[t] + np.searchsorted(self.requests[t], dst[sel])
+        return self._out(self.requests)
+
+    def lookup(self, *requests: np.ndarray):
+        """Current labels of the nodes each shard asks for (in its order)."""
+        out = []
+        for req in requests:
+            idx = np.searchsorted(self.nodes, req)
+            out.append(self.label[np.minimum(idx, max(self.nodes.size - 1, 0))] if self.nodes.size else req.copy())
+        return self._out(out)
+
+    def propagate(self, *answers: np.ndarray) -> int:
+        neighbour = np.concatenate(answers) if answers else np.zeros(0, np.int64)
+        new = self.label.copy()
+        if self.edge_src.size:
+            np.minimum.at(new, self.edge_src, neighbour[self.edge_answer])
+        changed = int(np.count_nonzero(new < self.label))
+        self.label = new
+        return changed
+
+    def jump_requests(self):
+        self._jump = [np.unique(self.label[self.label % self.k == t]) for t in range(self.k)]
+        return self._out(self._jump)
+
+    def jump(self, *answers: np.ndarray) -> int:
+        new = self.label.copy()
+        owner = self.label % self.k
+        for t, (req, ans) in enumerate(zip(self._jump, answers, strict=True)):
+            sel = owner == t
+            if sel.any():
+                new[sel] = np.minimum(new[sel], ans[np.searchsorted(req, self.label[sel])])
+        changed = int(np.count_nonzero(new < self.label))
+        self.label = new
+        return changed
+
+    # keeper
+    def add_keys(self, keys: pa.Table) -> int:
+        if self.nodes.size == 0 or keys.num_rows == 0:
+            return 0
+        mask = np.isin(keys["node"].to_numpy(zero_copy_only=False), self.nodes)
+        if mask.any():
+            self.keys.append(keys.filter(pa.array(mask)))
+        return int(mask.sum())
+
+    def to_roots(self):
+        """Members (with keeper keys; absent rows flagged) sent to the shard of their component root."""
+        members = pa.table({"node": self.nodes, "root": self.label})
+        if self.keys:
+            keys = pa.concat_tables(self.keys)
+            keys = (
+                keys.group_by("node", use_threads=False)
+                .aggregate([("quality", "max"), ("fetch", "min"), ("doc_id", "min")])
+                .rename_columns(["node", "quality", "fetch", "doc_id"])
+            )
+            members = members.join(keys, "node", join_type="left outer")
+        else:
+            members = members.append_column("quality", pa.nulls(members.num_rows, pa.float64()))
+            members = members.append_column("fetch", pa.nulls(members.num_rows, pa.string()))
+            members = members.append_column("doc_id", pa.nulls(members.num_rows, pa.string()))
+        self.keys = []
+        present = pc.is_valid(members["quality"])
+        members = members.append_column("present", present)
+        roots = members["root"].to_numpy(zero_copy_only=False)
+        owner = roots % self.k
+        return self._out([members.filter(pa.array(owner == t)) for t in range(self.k)])
+
+    def resolve(self, *member_tables: pa.Table):
+        """For the roots this shard owns: size (present members) and keeper; results go to the members' shards."""
+        members = pa.concat_tables(member_tables).filter(pc.field("present"))
+        empty = pa.table(
+            {
+                "node": pa.array([], pa.int64()),
+                "cluster_id": pa.array([], pa.string()),
+                "size": pa.array([], pa.int64()),
+                "keep": pa.array([], pa.bool_()),
+            }
+        )
+        if members.num_rows == 0:
+            return self._out([empty] * self.k)
+        members = members.sort_by(
+            [
+                ("root", "ascending"),
+                ("quality", "descending"),
+                ("fetch", "ascending"),
+                ("doc_id", "ascending"),
+                ("node", "ascending"),
+            ],
+            null_placement="at_end",
+        )
+        root = members["root"].to_numpy(zero_copy_only=False)
+        first = np.ones(root.size, dtype=bool)
+        first[1:] = root[1:] != root[:-1]
+        starts = np.flatnonzero(first)
+        sizes = np.diff(np.append(starts, root.size))
+        group = np.cumsum(first) - 1
+        doc_ids = members["doc_id"].to_numpy(zero_copy_only=False)
+        nodes = members["node"].to_numpy(zero_copy_only=False)
+        keeper_id = np.array(
+            [d if d is not None else str(n) for d, n in zip(doc_ids[starts], nodes[starts], strict=True)],
+            dtype=object,
+        )
+        out = pa.table(
+            {
+                "node": nodes,
+                "cluster_id": pa.array(keeper_id[group], pa.string()),
+                "size": pa.array(sizes[group], pa.int64()),
+                "keep": pa.array(first),
+            }
+        )
+        owner = nodes % self.k
+        return self._out([out.filter(pa.array(owner == t)) for t in range(self.k)])
+
+    def store(self, *results: pa.Table) -> dict[str, Any]:
+        result = pa.concat_tables(results).sort_by("node")
+        self.result = result
+        self._result_nodes = result["node"].to_numpy(zero_copy_only=False)
+        keep = result["keep"].to_numpy(zero_copy_only=False)
+        sizes = result["size"].to_numpy(zero_copy_only=False)
+        # each cluster counted once: by its keeper row
+        hist = Counter(int(s) for s in sizes[keep] if s > 1)
+        return {"histogram": dict(hist), "duplicates": int((~keep).sum())}
+
+    def labels_for(self, nodes: np.ndarray) -> pa.Table:
+        """(found, cluster_id, size, keep) for the given nodes, in their order."""
+        if self.result is None or self.result.num_rows == 0:
+            return pa.table({"found": np.zeros(nodes.size, bool)})
+        idx = np.searchsorted(self._result_nodes, nodes)
+        idx = np.minimum(idx, self._result_nodes.size - 1)
+        found = self._result_nodes[idx] == nodes
+        picked = self.result.take(pa.array(idx))
+        return picked.drop_columns(["node"]).append_column("found", pa.array(found))
+
+
+def _multi(method, k: int, *args) -> list:
+    refs = method.options(num_returns=k).remote(*args)
+    return [refs] if k == 1 else list(refs)
+
+
+def _send_edges(batch: pa.Table, shards: list) -> pa.Table:
+    import ray
+
+    src = batch["src"].to_numpy(zero_copy_only=False)
+    dst = batch["dst"].to_numpy(zero_copy_only=False)
+    k = len(shards)
+    both_src, both_dst = np.concatenate([src, dst]), np.concatenate([dst, src])
+    owner = both_src % k
+    ray.get([shards[t].add_edges.remote(both_src[owner == t], both_dst[owner == t]) for t in range(k)])
+    return pa.table({"edges": pa.array([src.size], pa.int64())})
+
+
+def _send_keys(batch: pa.Table, shards: list, quality: str | None, fetch_time_column: str) -> pa.Table:
+    import ray
+
+    keys = _key_rows(batch, quality, fetch_time_column)
+    k = len(shards)
+    owner = keys["node"].to_numpy(zero_copy_only=False) % k
+    ray.get([shards[t].add_keys.remote(keys.filter(pa.array(owner == t))) for t in range(k)])
+    return pa.table({"rows": pa.array([keys.num_rows], pa.int64())})
+
+
+def _apply_labels(batch: pa.Table, shards: list) -> pa.Table:
+    import ray
+
+    n = batch.num_rows
+    nodes = node_ids(batch)
+    k = len(shards)
+    owner = nodes % k
+    cluster_id = (
+        batch["doc_id"].cast(pa.string()).to_numpy(zero_copy_only=False).astype(object)
+        if "doc_id" in batch.column_names
+        else np.array([None] * n, dtype=object)
+    )
+    missing = np.array([c is None for c in cluster_id], dtype=bool)
+    cluster_id[missing] = nodes[missing].astype(str)
+    size = np.ones(n, dtype=np.int64)
+    keep = np.ones(n, dtype=bool)
+    if shards:
+        parts = [np.flatnonzero(owner == t) for t in range(k)]
+        answers = ray.get([shards[t].labels_for.remote(nodes[parts[t]]) for t in range(k)])
+        for rows, ans in zip(parts, answers, strict=True):
+            if rows.size == 0 or ans.num_rows == 0:
+                continue
+            found = ans["found"].to_numpy(zero_copy_only=False)
+            if not found.any():
+                continue
+            hit = rows[found]
+            cluster_id[hit] = np.asarray(ans["cluster_id"].to_pylist(), dtype=object)[found]
+            size[hit] = ans["size"].to_numpy(zero_copy_only=False)[found]
+            keep[hit] = ans["keep"].to_numpy(zero_copy_only=False)[found]
+    columns = {
+        "dup_cluster_id": pa.array(cluster_id, pa.string()),
+        "dup_cluster_size": pa.array(size, pa.int64()),
+        "dup_keep": pa.array(keep, pa.bool_()),
+    }
+    for name, values in columns.items():
+        if name in batch.column_names:
+            batch = batch.set_column(batch.column_names.index(name), name, values)
+        else:
+            batch = batch.append_column(name, values)
+    return batch
+
+
+def connected_components(shards: list, max_rounds: int) -> int:
+    """Min-label propagation with pointer jumping across the shard actors; returns the number of rounds."""
+    import ray
+
+    k = len(shards)
+    requests = [_multi(s.finalize, k) for s in shards]  # requests[s][t]
+    for rounds in range(1, max_rounds + 1):
+        answers = [_multi(shards[t].lookup, k, *[requests[s][t] for s in range(k)]) for t in range(k)]
+        changed = ray.get([shards[s].propagate.remote(*[answers[t][s] for t in range(k)]) for s in range(k)])
+        jump_req = [_multi(s.jump_requests, k) for s in shards]
+        jump_ans = [_multi(shards[t].lookup, k, *[jump_req[s][t] for s in range(k)]) for t in range(k)]
+        changed += ray.get([shards[s].jump.remote(*[jump_ans[t][s] for t in range(k)]) for s in range(k)])
+        if sum(changed) == 0:
+            return rounds
+    raise RuntimeError(f"connected components did not converge in {max_rounds} rounds")
+
+
+# ---- the pipeline -------------------------------------------------------------------------------------------
+def signature_table_for(identifier: str) -> str:
+    return f"{identifier}_minhash"
+
+
+def dedup_table(
+    lake: Lakehouse, cfg: LakeConfig, identifier: str, config: DedupConfig | None = None, progress: bool = True
+) -> DedupReport:
+    """Label ``identifier``'s rows with duplicate clusters and keepers; returns counts and the new snapshot."""
+    import ray
+    from ray.data.expressions import col
+
+    config = config or DedupConfig()
+    started_at = datetime.now(UTC)
+    t0 = time.perf_counter()
+    table = lake.table(identifier)
+    schema = table.schema().as_arrow()
+    names = set(schema.names)
+    if config.text_column not in names:
+        raise UsageError(f"{identifier} has no {config.text_column!r} column to deduplicate")
+    if "doc_id" not in names and not {"input_digest", "record_key"} <= names:
+        raise UsageError(f"{identifier} needs doc_id or (input_digest, record_key) columns to tell rows apart")
+    check_quality_spec(schema, config.quality)
+    base = lake.resolve_snapshot(identifier, None)
+    if base is None:
+        raise UsageError(f"{identifier} is empty: nothing to deduplicate")
+    bands, rows = config.lsh
+    report = DedupReport(table=identifier, run_id=uuid.uuid4().hex, bands=bands, rows=rows, base_snapshot_id=base)
+
+    sig_id = signature_table_for(identifier)
+    labelled = "dup_cluster_id" in names
+    params = config.signature_params()
+    stored_ok = False
+    if labelled and lake.exists(sig_id):
+        props = lake.table(sig_id).properties
+        stored_ok = all(props.get(k) == v for k, v in params.items())
+    rehash_all = not stored_ok
+    report.rehashed_all = rehash_all
+    new_only = labelled and not rehash_all
+
+    stages = tqdm(total=5, desc=f"dedup {identifier}", unit="stage", disable=not progress)
+    init_ray(cfg)
+    catalog_kwargs = {"name": lake.name, **lake.catalog_kwargs}
+
+    def read(table_id: str, snapshot: int | None, columns: list[str] | None = None, new: bool = False):
+        ds = ray.data.read_iceberg(table_identifier=table_id, catalog_kwargs=catalog_kwargs, snapshot_id=snapshot)
+        if new:
+            ds = ds.filter(expr=col("dup_cluster_id").is_null())
+        if columns is not None:
+            ds = ds.select_columns(columns)
+        return ds
+
+    id_columns = [c for c in ("doc_id", "input_digest", "record_key") if c in names]
+    opt_columns = [c for c in (config.url_column,) if c in names]
+
+    # 1. signatures of the rows that have none
+    stages.set_postfix_str("signatures")
+    sig_table = ensure_side_table(lake, sig_id, SIG_SCHEMA, SIG_KIND, params | {"lake.dedup.source": identifier})
+    op = MinHashSignature(config.num_perm, config.ngram, config.tokenizer, config.seed, config.url_column)
+
+    def sign(batch: pa.Table) -> pa.Table:
+        batch = batch.rename_columns(["text" if c == config.text_column else c for c in batch.column_names])
+        out = op(batch)
+        run = pa.array([report.run_id] * out.num_rows, pa.string())
+        doc = out["doc_id"].cast(pa.string()) if "doc_id" in out.column_names else pa.nulls(out.num_rows, pa.string())
+        return pa.table(
+            [out["dup_node"], doc, out["dup_sig"], out["dup_shingles"], out["dup_text_hash"], out["dup_url_hash"], run],
+            schema=SIG_SCHEMA,
+        )
+
+    has_new = True
+    if new_only:
+        from pyiceberg.expressions import IsNull
+
+        has_new = any(True for _ in table.scan(snapshot_id=base, row_filter=IsNull("dup_cluster_id")).plan_files())
+    if has_new:
+        docs = read(identifier, base, id_columns + opt_columns + [config.text_column], new=new_only)
+        signed = docs.map_batches(
+            sign, batch_format="pyarrow", batch_size=config.batch_size, num_cpus=op.resources.num_cpus
+        )
+        props = {"lake.run_id": report.run_id, "lake.dedup.source_snapshot": str(base)}
+        if rehash_all and sig_table.current_snapshot() is not None:
+            replace_dataset(lake, sig_id, signed, props)
+        else:
+            append_dataset(lake, sig_id, signed, props)
+    sig_snapshot = lake.resolve_snapshot(sig_id, None)
+    if has_new and sig_snapshot is not None:
+        summary = lake.table(sig_id).snapshot_by_id(sig_snapshot).summary
+        report.hashed = int(summary.get("added-records") or 0) if summary is not None else 0
+    stages.update()
+
+    # 2. buckets -> verified edges, 3. connected components on the shard actors
+    stages.set_postfix_str("buckets")
+    shard_cls = ray.remote(num_cpus=0)(GraphShard)
+    shards = [shard_cls.remote(i, config.num_shards) for i in range(config.num_shards)]
+    try:
+        if sig_snapshot is not None:
+            sigs = read(sig_id, sig_snapshot)
+            if config.scope == "batch":
+                sigs = sigs.filter(expr=col("run_id") == report.run_id)
+            bucket_rows = sigs.map_batches(
+                _bucket_rows,
+                batch_format="pyarrow",
+                batch_size=4096,
+                fn_kwargs={
+                    "bands": bands,
+                    "rows": rows,
+                    "num_perm": config.num_perm,
+                    "seed": config.seed,
+                    "verify": config.verify,
+                    "exact": config.exact,
+                    "url": config.url,
+                },
+            )
+            total = max(lake.count(sig_id, sig_snapshot), 1)
+            partitions = int(min(64, max(4, total * bands // 200_000)))
+            edges = bucket_rows.repartition(partitions, keys=["bucket"]).map_batches(
+                _bucket_edges,
+                batch_format="pyarrow",
+                batch_size=None,
+                fn_kwargs={
+                    "threshold": config.threshold,
+                    "num_perm": config.num_perm,
+                    "max_pair_bucket": config.max_pair_bucket,
+                },
+            )
+            sent = edges.map_batches(_send_edges, batch_format="pyarrow", batch_size=None, fn_kwargs={"shards": shards})
+            report.edges = int(sent.sum("edges") or 0)
+        stages.update()
+        stages.set_postfix_str("components")
+        report.rounds = connected_components(shards, config.max_rounds) if report.edges else 0
+        stages.update()
+
+        # 4. keepers
+        stages.set_postfix_str("keepers")
+        if report.edges:
+            key_columns = [c for c in schema.names if c != config.text_column and c != "dup_sig"]
+            keys = read(identifier, base, key_columns, new=(config.scope == "batch" and labelled))
+            keys.map_batches(
+                _send_keys,
+                batch_format="pyarrow",
+                batch_size=4096,
+                fn_kwargs={"shards": shards, "quality": config.quality, "fetch_time_column": config.fetch_time_column},
+            ).sum("rows")
+            tables = [_multi(s.to_roots, config.num_shards) for s in shards]
+            k = config.num_shards
+            results = [_multi(shards[t].resolve, k, *[tables[s][t] for s in range(k)]) for t in range(k)]
+            stats = ray.get([shards[s].store.remote(*[results[t][s] for t in range(k)]) for s in range(k)])
+            hist: Counter = Counter()
+            for st in stats:
+                hist.update({int(size): n for size, n in st["histogram"].items()})
+                report.duplicates += st["duplicates"]
+            report.size_histogram = dict(sorted(hist.items()))
+            report.clusters = sum(hist.values())
+        stages.update()
+
+        # 5. labels -> one new snapshot
+        stages.set_postfix_str("labels")
+        batch_only = config.scope == "batch" and labelled
+        everything = read(identifier, base, None, new=batch_only)
+        labelled_rows = everything.map_batches(
+            _apply_labels, batch_format="pyarrow", batch_size=4096, fn_kwargs={"shards": shards if report.edges else []}
+        )
+        report.documents = report.hashed if batch_only else lake.count(identifier, base)
+        report.snapshot_id = rewrite_with_columns(
+            lake,
+            identifier,
+            labelled_rows,
+            LABEL_FIELDS,
+            base_snapshot_id=base,
+            snapshot_properties={"lake.run_id": report.run_id, "lake.dedup.threshold": str(config.threshold)},
+            only_rows=col("dup_cluster_id").is_null() if batch_only else None,
+        )
+        stages.update()
+    finally:
+        for shard in shards:
+            ray.kill(shard)
+        stages.close()
+    report.seconds = round(time.perf_counter() - t0, 3)
+    _finish(lake, cfg, identifier, config, report, started_at)
+    return report
+
+
+def _finish(
+    lake: Lakehouse, cfg: LakeConfig, identifier: str, config: DedupConfig, report: DedupReport, started_at: datetime
+) -> None:
+    if config.mlflow:
+        from pipelines.tracking import log_png, start_run
+
+        params = {k: v for k, v in asdict(config).items() if k != "mlflow"} | {
+            "table": identifier,
+            "bands": report.bands,
+            "rows": report.rows,
+            "base_snapshot_id": report.base_snapshot_id,
+            "snapshot_id": report.snapshot_id,
+        }
+        with start_run(cfg, "dedup", run_name=f"dedup {identifier}", params=params) as run:
+            import mlflow
+
+            mlflow.log_metrics(
+                {
+                    "documents": report.documents,
+                    "hashed": report.hashed,
+                    "clusters": report.clusters,
+                    "duplicates": report.duplicates,
+                    "edges": report.edges,
+                    "rounds": report.rounds,
+                    "seconds": report.seconds,
+                    "docs_per_s": report.documents / report.seconds if report.seconds else 0.0,
+                }
+            )
+            mlflow.log_dict(report.as_dict(), "dedup_report.json")
+            log_png(cluster_size_figure(report), "cluster_sizes.png")
+            report.mlflow_run_id = run.info.run_id
+    record_run(
+        lake,
+        command="dedup",
+        target_table=identifier,
+        run_id=report.run_id,
+        started_at=started_at,
+        inputs=[],
+        counts=report.as_dict(),
+        snapshot_id=report.snapshot_id,
+        mlflow_run_id=report.mlflow_run_id,
+    )
+
+
+def cluster_size_figure(report: DedupReport):
+    """Histogram of duplicate-cluster sizes (log-scaled counts)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.5), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    hist = report.size_histogram
+    if hist:
+        sizes = sorted(hist)
+        ax.bar([str(s) for s in sizes], [hist[s] for s in sizes], color="#4472c4")
+        ax.set_yscale("log")
+    else:
+        ax.text(0.5, 0.5, "no duplicate clusters", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("cluster size (documents)")
+    ax.set_ylabel("clusters")
+    ax.set_title(f"{report.table}: {report.clusters} clusters, {report.duplicates} duplicates of {report.documents}")
+    fig.tight_layout()
+    return fig
