@@ -1,17 +1,19 @@
-"""Main-text extraction from HTML with trafilatura and resiliparse.
+"""Main-text extraction from HTML: our fast main-block extractor, with trafilatura as a fallback.
 
-``method="combined"`` (default), measured on the shared benchmark sets (tests/benchmarks/extraction.py):
-1. resiliparse ``main_content=True`` first: cheap (~2-3 ms/page) and high recall, but it keeps boilerplate.
-2. trafilatura on the same page: better precision on every set, ~10x slower.
-3. If trafilatura's text is under ``rescue_ratio`` (0.2) of resiliparse's length, trafilatura missed the
-main block
-   (forum threads, list-like articles): take resiliparse's text instead.
-4. Trim lines no main text has: lines without a letter (counters, dates, "0"), and a short list of
-   share/login/comment-widget phrases (en + zh) that both extractors leak.
-Pages over ``max_trafilatura_chars`` (or after ``time_budget_s`` already spent in resiliparse) skip step 2,
-so a
-huge page cannot stall a worker; pages over ``max_html_chars`` are truncated first (and say so in
-``extract_error``).
+``method="combined"`` (default):
+1. ``operators.mainblock.extract_main_block``: one lxml parse, pick the subtree with the most long,
+   link-poor text, prune boilerplate children inside it (a few ms per page).
+2. When that choice looks unreliable (little good text in the chosen block, or much of the page's good text
+   outside it), run trafilatura on the page instead (about 10x slower, so only on those pages); if
+   trafilatura's text is under ``rescue_ratio`` of ours, trafilatura missed the main block: keep ours.
+3. Trim lines no main text has: lines without a letter (counters, dates, "0"), and a short list of
+   share/login/comment-widget phrases (en + zh) that extractors leak.
+Pages over ``max_trafilatura_chars`` never fall back, so a huge page cannot stall a worker; pages over
+``max_html_chars`` are truncated first (and say so in ``extract_error``).
+
+Rows whose ``html`` is null but whose ``text`` is already set (WET records, JSONL text) keep that text
+(``extract_method="passthrough"``). Other methods: ``mainblock`` (step 1 only), ``trafilatura``,
+``resiliparse`` (plain extractors, for comparison).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import trafilatura
 from resiliparse.extract.html2text import extract_plain_text
 
 from operators.base import Operator, Resources, register, with_columns
+from operators.mainblock import extract_main_block
 
-METHODS = ("combined", "trafilatura", "resiliparse")
+METHODS = ("combined", "mainblock", "trafilatura", "resiliparse")
 
 # Lines both extractors leak from share bars, comment widgets and page chrome (whole-line matches for generic
 # words, substrings only for long, unambiguous phrases).
@@ -106,9 +109,10 @@ class ExtractMainText(Operator):
         favor: str | None = None,
         rescue_ratio: float = 0.2,
         trim_lines: bool = True,
+        fallback_min_good: float = 200.0,
+        fallback_min_share: float = 0.3,
         max_html_chars: int = 5_000_000,
         max_trafilatura_chars: int = 2_000_000,
-        time_budget_s: float = 2.0,
     ):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -118,60 +122,75 @@ class ExtractMainText(Operator):
         self.favor = favor
         self.rescue_ratio = rescue_ratio
         self.trim_lines = trim_lines
+        # fall back to trafilatura when the chosen block has less good text than this (CJK-weighted chars) ...
+        self.fallback_min_good = fallback_min_good
+        # ... or less than this share of the page's good text
+        self.fallback_min_share = fallback_min_share
         self.max_html_chars = max_html_chars
         self.max_trafilatura_chars = max_trafilatura_chars
-        self.time_budget_s = time_budget_s
 
     def extract_one(
-        self, html: str | None, url: str | None = None
+        self, html: str | None, url: str | None = None, text: str | None = None
     ) -> tuple[str, str | None, str, str | None]:
-        """Return (text, title, method used, error or None)."""
+        """Return (text, title, method used, error or None); ``text`` is an already-extracted text (WET, JSONL)."""
         if not html:
+            if text:
+                return text, None, "passthrough", None
             return "", None, "none", "empty_html"
         errors: list[str] = []
         if len(html) > self.max_html_chars:
             html = html[: self.max_html_chars]
             errors.append("html_truncated")
         title = extract_title(html)
-        start = time.perf_counter()
-        rp = ""
-        if self.method in ("combined", "resiliparse"):
-            try:
-                rp = resiliparse_text(html)
-            except Exception as exc:  # a broken page must not fail the batch; the error is recorded per row
-                errors.append(f"resiliparse: {type(exc).__name__}: {exc}"[:200])
-            if self.method == "resiliparse":
-                return self._finish(rp, title, "resiliparse", errors)
-        slow_page = len(html) > self.max_trafilatura_chars or time.perf_counter() - start > self.time_budget_s
-        if slow_page and self.method == "combined":
-            return self._finish(rp, title, "resiliparse_big_page", errors)
-        try:
-            tr = trafilatura_text(html, url, self.favor)
-        except Exception as exc:
-            errors.append(f"trafilatura: {type(exc).__name__}: {exc}"[:200])
-            tr = ""
+        if self.method == "resiliparse":
+            return self._finish(_safe(resiliparse_text, errors, html), title, "resiliparse", errors)
         if self.method == "trafilatura":
-            return self._finish(tr, title, "trafilatura", errors)
-        if len(tr) < self.rescue_ratio * len(rp):
-            return self._finish(rp, title, "resiliparse_rescue", errors)
+            return self._finish(_safe(trafilatura_text, errors, html, url, self.favor), title, "trafilatura", errors)
+        block = _safe(extract_main_block, errors, html)
+        if not block:  # lxml could not parse it: resiliparse's parser copes with anything
+            return self._finish(_safe(resiliparse_text, errors, html), title, "resiliparse", errors)
+        if self.method == "mainblock":
+            return self._finish(block.text, title, "mainblock", errors)
+        if len(html) > self.max_trafilatura_chars:
+            return self._finish(block.text, title, "mainblock_big_page", errors)
+        confident = (
+            block.good_chars >= self.fallback_min_good
+            and block.good_chars >= self.fallback_min_share * block.page_good_chars
+        )
+        if confident:
+            return self._finish(block.text, title, "mainblock", errors)
+        tr = _safe(trafilatura_text, errors, html, url, self.favor)
+        if len(tr) < self.rescue_ratio * len(block.text):
+            return self._finish(block.text, title, "mainblock_rescue", errors)
         return self._finish(tr, title, "trafilatura", errors)
 
     def _finish(self, text: str, title: str | None, method: str, errors: list[str]) -> tuple:
-        if self.trim_lines and self.method == "combined":
+        if self.trim_lines and self.method in ("combined", "mainblock"):
             text = trim_boilerplate_lines(text)
         return text, title, method, "; ".join(errors) or None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         self.check_input(batch)
+        n = batch.num_rows
         htmls = batch.column("html").to_pylist()
-        urls = batch.column("url").to_pylist() if "url" in batch.column_names else [None] * len(htmls)
+        urls = batch.column("url").to_pylist() if "url" in batch.column_names else [None] * n
+        texts = batch.column("text").to_pylist() if "text" in batch.column_names else [None] * n
         cols: dict[str, list] = {name: [] for name in self.output_columns}
-        for html, url in zip(htmls, urls, strict=True):
+        for html, url, given in zip(htmls, urls, texts, strict=True):
             t0 = time.perf_counter()
-            text, title, method, error = self.extract_one(html, url)
+            text, title, method, error = self.extract_one(html, url, given)
             cols["text"].append(text)
             cols["title"].append(title)
             cols["extract_method"].append(method)
             cols["extract_seconds"].append(time.perf_counter() - t0)
             cols["extract_error"].append(error)
         return with_columns(batch, {k: pa.array(v, type=self.output_columns[k]) for k, v in cols.items()})
+
+
+def _safe(fn, errors: list[str], *args):
+    """Run one extractor; a broken page must not fail the batch, so the error is recorded on the row."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        errors.append(f"{fn.__name__}: {type(exc).__name__}: {exc}"[:200])
+        return "" if fn is not extract_main_block else None

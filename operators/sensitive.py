@@ -22,7 +22,6 @@ import pyarrow as pa
 from operators.base import Operator, Resources, register, with_columns
 from operators.text import data_dir
 
-
 # Categories of the Chinese sensitive-word collection used by default. Left out on purpose: tencent_temp,
 # netease_frontend_filter, gfw_supplement and supplement list everyday words (一个, 政府, 互联网) and flagged 73 of
 # 74 ordinary 163.com news pages; illegal_urls is a URL list; livelihood/covid19/other/advertising are topical.

@@ -16,7 +16,9 @@ Scores
   is a true
   positive (missing: false negative), a must-not-contain snippet found is a false positive; precision =
   tp/(tp+fp), recall = tp/(tp+fn), F1 of those. Whitespace is collapsed on both sides before matching.
-- pages_per_s: pages / summed per-page extraction seconds of the combined method, one process (one core).
+- pages_per_s: pages / summed per-page CPU seconds (``time.process_time``) of the combined method, in one
+  process, so it is the rate on one core; fallback_share: share of pages where combined ran trafilatura.
+All methods see the same pages, decoded the same way, scored by the same function.
 The last line printed is one JSON object with the figures per set.
 """
 
@@ -93,14 +95,15 @@ def run_set(name: str, limit: int | None) -> dict[str, float]:
     f1s: dict[str, list[float]] = {m: [] for m in METHODS}
     counts = {m: [0, 0, 0] for m in METHODS}
     seconds = 0.0
-    pages = 0
+    pages = fallbacks = 0
     for html, url, gold in load_set(name, limit):
         pages += 1
         for method, extractor in extractors.items():
-            t0 = time.perf_counter()
-            text = extractor.extract_one(html, url)[0]
+            t0 = time.process_time()
+            text, _, used, _ = extractor.extract_one(html, url)
             if method == "combined":
-                seconds += time.perf_counter() - t0
+                seconds += time.process_time() - t0
+                fallbacks += used == "trafilatura"
             if isinstance(gold, dict):
                 for k, v in enumerate(snippet_counts(text, gold)):
                     counts[method][k] += v
@@ -120,6 +123,7 @@ def run_set(name: str, limit: int | None) -> dict[str, float]:
         "trafilatura_f1": round(scores["trafilatura"], 4),
         "resiliparse_f1": round(scores["resiliparse"], 4),
         "pages_per_s": round(pages / max(seconds, 1e-9), 1),
+        "fallback_share": round(fallbacks / max(1, pages), 3),
     }
 
 

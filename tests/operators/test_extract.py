@@ -64,7 +64,38 @@ def test_huge_page_does_not_stall(magic_pages):
     t0 = time.perf_counter()
     text, _, method, error = op.extract_one(huge)
     assert time.perf_counter() - t0 < 10
-    assert method == "resiliparse_big_page" and error == "html_truncated" and text
+    assert method == "mainblock_big_page" and error == "html_truncated" and text
+
+
+def test_text_rows_pass_through():
+    """WET and JSONL rows arrive with html null and text set by the reader: the text is kept as it is."""
+    batch = pa.table(
+        {
+            "html": [None, None, "<html><body><p>" + "Main text of the page, long enough to count. " * 5 + "</p>"],
+            "text": ["Already extracted text.\nSecond line.", None, None],
+            "url": [None, None, None],
+        }
+    )
+    out = ExtractMainText()(batch)
+    assert out.column("text").to_pylist()[0] == "Already extracted text.\nSecond line."
+    assert out.column("extract_method").to_pylist()[:2] == ["passthrough", "none"]
+    assert out.column("extract_error").to_pylist() == [None, "empty_html", None]
+    assert out.column("text").to_pylist()[1] == ""
+    assert out.column("text").to_pylist()[2].startswith("Main text of the page")
+
+
+def test_fast_path_skips_boilerplate():
+    html = (
+        "<html><body><div class='nav'><a href='/'>Home</a> <a href='/news'>News</a></div>"
+        "<div id='content'><h1>Title</h1><p>" + "The council approved the budget after a long debate. " * 4 + "</p>"
+        "<p>" + "Residents will see the changes next year, officials said. " * 3 + "</p></div>"
+        "<div class='related'><a href='/a'>Another story about something else entirely</a></div>"
+        "<footer>Copyright 2024 Example News. All rights reserved.</footer></body></html>"
+    )
+    text, _, method, error = ExtractMainText().extract_one(html)
+    assert method == "mainblock" and error is None
+    assert "council approved" in text and "Residents will see" in text
+    assert "Home" not in text and "Another story" not in text and "Copyright" not in text
 
 
 def test_title_prefers_og_title():
