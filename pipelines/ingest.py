@@ -270,13 +270,15 @@ def _ingest_group(
     cpus = max(1, int(ray.available_resources().get("CPU", 1)))
     dataset = (
         ray.data.from_items(items, override_num_blocks=len(items))
-        .map_batches(read_inputs, batch_size=1, batch_format="pyarrow")
+        # reading is light next to extraction; zero CPUs keeps it from fusing into (and serialising) the actors,
+        # so one big input still feeds every actor
+        .map_batches(read_inputs, batch_size=1, batch_format="pyarrow", num_cpus=0)
         .map_batches(
             RecipeRunner,
             fn_constructor_kwargs={"recipe_path": recipe_file},
             batch_format="pyarrow",
             batch_size=64,
-            concurrency=(1, cpus),
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cpus),
             num_cpus=1,
         )
     )
