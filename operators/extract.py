@@ -7,7 +7,8 @@
    outside it), run trafilatura on the page instead (about 10x slower, so only on those pages); if
    trafilatura's text is under ``rescue_ratio`` of ours, trafilatura missed the main block: keep ours.
 3. Trim lines no main text has: lines without a letter (counters, dates, "0"), and a short list of
-   share/login/comment-widget phrases (en + zh) that extractors leak.
+   share/login/comment-widget phrases (en + zh) that extractors leak; on our own text, also cut everything
+   from the heading of a trailing section (related links, author box, comment form) on.
 Pages over ``max_trafilatura_chars`` never fall back, so a huge page cannot stall a worker; pages over
 ``max_html_chars`` are truncated first (and say so in ``extract_error``).
 
@@ -27,7 +28,7 @@ import trafilatura
 from resiliparse.extract.html2text import extract_plain_text
 
 from operators.base import Operator, Resources, register, with_columns
-from operators.mainblock import extract_main_block
+from operators.mainblock import DATE_RE, extract_main_block
 
 METHODS = ("combined", "mainblock", "trafilatura", "resiliparse")
 
@@ -40,10 +41,31 @@ _BOILERPLATE_LINE = re.compile(
     r"related posts?|read more|back to top|skip to (main )?content)\W*$",
     re.IGNORECASE,
 )
-_TITLE_RE = re.compile(r"<title[^>]*>(.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
-_OG_TITLE_RE = re.compile(
-    r"<meta\s[^>]*?(?:property|name)\s*=\s*[\"']og:title[\"'][^>]*>", re.IGNORECASE | re.DOTALL
+# Headings that open the page's trailing sections (related links, author box, share bar, comment form), in
+# en/de/fr/pl/es/pt/zh: text from such a heading on is cut, when at least ``_END_MIN_SHARE`` of the text comes
+# before it (a heading near the top is more likely part of a list page than the end of an article).
+_END_HEADING = re.compile(
+    r"^\W*(?:leave a (?:reply|comment)|kommentieren|schreibe(?:n sie)? einen kommentar|"
+    r"(?:ähnliche|verwandte|weitere) (?:beiträge|artikel|themen|nachrichten)|auch interessant|"
+    r"das könnte sie (?:auch )?interessieren|mehr (?:zum thema|aus dem|zu diesem thema|von)|lesen sie auch|"
+    r"weitere informationen|über den autor|zum autor|related(?: posts| articles| stories| content)?|"
+    r"you (?:may|might) also like|more (?:from|on|stories|articles)\b.*|read (?:more|next)|recommended(?: for you)?|"
+    r"about the author|share this(?: article| post)?|teilen(?: mit)?|tags?|schlagwörter|"
+    r"相关(?:阅读|新闻|文章|推荐)|热门(?:推荐|文章)|推荐阅读|延伸阅读|"
+    r"articles? (?:similaires|liés)|à lire aussi|lire aussi|czytaj (?:też|także)|zobacz (?:też|także)|"
+    r"artículos relacionados|te puede interesar|leia também)\W*$",
+    re.IGNORECASE,
 )
+# A comments heading ("12 Comments", "Kommentare (3)", "评论") cuts only when most of the text (the article)
+# comes before it: on a forum or comments page, the comments are the content.
+_COMMENTS_HEADING = re.compile(
+    r"^\W*(?:\d+\s+)?(?:comments?|responses?|kommentare?|评论|网友评论|commentaires?|komentarze?|comentarios?)"
+    r"\W*(?:\(\d+\))?$",
+    re.IGNORECASE,
+)
+_END_MIN_SHARE, _COMMENTS_MIN_SHARE = 0.3, 0.7
+_TITLE_RE = re.compile(r"<title[^>]*>(.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
+_OG_TITLE_RE = re.compile(r"<meta\s[^>]*?(?:property|name)\s*=\s*[\"']og:title[\"'][^>]*>", re.IGNORECASE | re.DOTALL)
 _CONTENT_ATTR_RE = re.compile(r"content\s*=\s*(\"[^\"]*\"|'[^']*')", re.IGNORECASE | re.DOTALL)
 
 
@@ -70,6 +92,20 @@ def trim_boilerplate_lines(text: str) -> str:
             continue
         kept.append(stripped)
     return "\n".join(kept)
+
+
+def cut_trailing_sections(text: str) -> str:
+    """Drop everything from the heading of a trailing section (related links, author box, comments) on."""
+    lines = text.split("\n")
+    total, before = len(text), 0
+    for i, line in enumerate(lines):
+        if len(line) < 60 and before > _END_MIN_SHARE * total:
+            if _END_HEADING.match(line) or before > _COMMENTS_MIN_SHARE * total and _COMMENTS_HEADING.match(line):
+                following = lines[i + 1 : i + 6]
+                if sum(bool(DATE_RE.search(x)) for x in following) < 3:  # a dated list is kept, as in mainblock
+                    return "\n".join(lines[:i])
+        before += len(line) + 1
+    return text
 
 
 def resiliparse_text(html: str) -> str:
@@ -109,7 +145,7 @@ class ExtractMainText(Operator):
         favor: str | None = None,
         rescue_ratio: float = 0.2,
         trim_lines: bool = True,
-        fallback_min_good: float = 200.0,
+        fallback_min_good: float = 100.0,
         fallback_min_share: float = 0.3,
         max_html_chars: int = 5_000_000,
         max_trafilatura_chars: int = 2_000_000,
@@ -167,6 +203,8 @@ class ExtractMainText(Operator):
     def _finish(self, text: str, title: str | None, method: str, errors: list[str]) -> tuple:
         if self.trim_lines and self.method in ("combined", "mainblock"):
             text = trim_boilerplate_lines(text)
+            if method.startswith("mainblock"):
+                text = cut_trailing_sections(text)
         return text, title, method, "; ".join(errors) or None
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -4,16 +4,21 @@ One lxml parse and two linear passes over the elements (about 2-4 ms for a typic
 readability / boilerpipe / jusText, written for this project:
 
 1. Parse with lxml (the string is re-encoded as UTF-8 and the parser told so, so a page's own ``<meta charset>``
-   cannot re-decode it); drop elements that never hold main text (script, style, nav, forms fields, ...) and
-   hidden ones.
+   cannot re-decode it); drop elements that never hold main text (script, style, nav, forms fields, ...).
 2. Paragraphs: every block-level element's own inline text (its text, its inline descendants' text, its
-   children's tails) is one paragraph. A paragraph is *bad* when most of it is link text or it sits under an
-   element whose class/id says boilerplate (nav, menu, footer, share, related, ...), *good* when it is long
-   (jusText-like length thresholds, CJK characters weigh more), else *neutral*.
-3. Each element gets its subtree's good/bad/neutral character sums; the main block is the element with the
-   highest ``good - bad_weight * bad - neutral_weight * neutral`` (a maximum-scoring subtree).
-4. Inside the main block, child subtrees without good text that are mostly bad are removed, then the text is
-   written out with a newline at every block boundary.
+   children's tails) is one paragraph. A paragraph is *bad* when most of it is link text, *good* when it is
+   long (jusText-like length thresholds, CJK characters weigh more), else *neutral*.
+3. Boilerplate boxes (class/id words, in three tiers, plus form/figcaption/footer/header tags and hidden
+   elements): consent dialogs always; strong words (related, share, author, footer, caption, ...) when the box
+   holds under half the page's long text; weak words (header, meta, widget, ...) when it holds little long
+   text; comment sections unless they hold most of it (forum threads, Q&A and comments pages). A
+   boilerplate box's text counts as bad and nothing inside it can be the main block.
+4. Each element gets its subtree's good/bad/neutral sums; the main block is the element with the highest
+   ``good - bad_weight * bad - neutral_weight * neutral`` (a maximum-scoring subtree). Readability-style, its
+   siblings scoring a fair share of its score join it, and a dated headline list right after it (a news
+   page's related-coverage archive) too.
+5. Inside the chosen boxes, boilerplate boxes and child subtrees without good text that are mostly bad are
+   removed, then the text is written out with a newline at every block boundary.
 
 ``extract_main_block`` returns the text and the figures a caller needs to decide whether to trust it
 (:class:`MainBlock`).
@@ -40,15 +45,34 @@ BLOCK_TAGS = frozenset(
     "blockquote header footer form figure figcaption center address fieldset hr br body html details summary "
     "caption legend dialog".split()
 )
-_NEG_HINT = re.compile(
-    r"(?:^|[\s_-])(?:nav|navbar|navigation|menu|menus|breadcrumbs?|crumbs?|footer|foot|sidebar|side|"
-    r"widget|widgets|share|sharing|social|sns|related|recommend|recommended|popular|hot|tags?|tagcloud|"
-    r"sponsor|sponsored|ads?|advert|advertisement|banner|promo|cookie|cookies|consent|gdpr|newsletter|"
-    r"subscribe|subscription|login|signin|signup|register|modal|popup|toolbar|pagination|pager|copyright|"
-    r"skip|masthead|topbar|header)(?:$|[\s_-])",
-    re.IGNORECASE,
+# Class/id words of boilerplate boxes. Strong ones (comments, related links, share bars, author boxes, footers,
+# captions, ...) name boilerplate even next to a content word ("comment-content", "post-footer") and are matched
+# as word prefixes ("comments", "relatedPosts"); weak ones are whole words that content boxes also use as a
+# modifier ("header", "meta", "widget"), so a content word alongside ("entry-header") cancels them.
+_STRONG_HINT = re.compile(
+    r"(?:^|[\s_-])(?:related|recommend|popular|trending|share|sharing|"
+    r"social|author|byline|breadcrumb|sidebar|footer|newsletter|subscri|advert|outbrain|"
+    r"taboola|sponsor|promo|rating|caption|credit|copyright|teaser|read-?also|read-?more|more-?(?:from|on|news|"
+    r"stories|articles)|also-?read|see-?also|print)"
 )
-_POS_HINT = re.compile(r"article|content|main|post|entry|body|text|story|thread|message", re.IGNORECASE)
+# Cookie / consent dialogs: boilerplate at any size (their long legal text would otherwise win the page).
+_ALWAYS_HINT = re.compile(
+    r"(?:^|[\s_-])(?:cookie|consent|gdpr|onetrust|cmp-|privacy-?(?:banner|notice|center|manager))"
+)
+_WEAK_HINT = re.compile(
+    r"(?:^|[\s_-])(?:nav|navbar|navigation|menu|menus|crumbs?|foot|side|widget|widgets|tags?|tagcloud|ads?|"
+    r"banner|login|signin|signup|register|modal|popup|toolbar|pagination|pager|skip|masthead|topbar|header|"
+    r"meta|date|time|bio|hot|links|tools)(?:$|[\s_-])"
+)
+# Comment sections: boilerplate under an article, the content itself on a forum or comments page.
+_COMMENT_HINT = re.compile(r"(?:^|[\s_-])(?:comment(?!ary)|disqus|respond|reply|replies)")
+_POS_HINT = re.compile(r"article|content|main|post|entry|body|text|story|thread|message")
+DATE_RE = re.compile(r"\d{4}[-/.年]\d{1,2}[-/.月]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{4}")
+_MAX_CLASS_WORDS = 6
+_CAMEL_RE = re.compile(r"([a-z0-9])([A-Z])")
+# Elements that hold boilerplate whatever their class: comment/search forms, captions, page header/footer.
+_STRONG_TAGS = frozenset(("form", "figcaption", "footer"))
+_WEAK_TAGS = frozenset(("header",))
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
 _SPACE_RE = re.compile(r"\s+")
 _BREAKS_RE = re.compile(r"\s*\x00[\s\x00]*")
@@ -73,6 +97,14 @@ class MainBlockConfig:
     cjk_weight: float = 3.0
     hinted_max_good: float = 300.0
     pruned_weight: float = 0.3  # cost of boilerplate that the pruning step removes
+    strong_max_share: float = 0.5  # a strongly hinted box holding more of the page's good text is kept
+    headline_chars: float = 30.0  # a link paragraph this long (CJK weighted) reads as a headline
+    min_headlines: int = 3
+    headline_share: float = 0.7  # a box with this share of its text in headline links is a headline list
+    dated_share: float = 0.5  # ... and a dated one with a date for at least this share of its headlines
+    sibling_share: float = 0.2  # siblings of the best box scoring this share of its score join it
+    min_uncommented_share: float = 0.5  # below this share of good text outside comment boxes, they are content
+    min_unhinted_share: float = 0.3  # below this share of good text outside strong boxes, strong hints are off
 
 
 def _parse(html: str) -> etree._Element | None:
@@ -86,10 +118,19 @@ def _parse(html: str) -> etree._Element | None:
         return None
 
 
-@lru_cache(maxsize=4096)
-def _negative_hint(attrs: str) -> bool:
-    """A class/id string that names boilerplate (and no content word)."""
-    return bool(_NEG_HINT.search(attrs)) and not _POS_HINT.search(attrs)
+@lru_cache(maxsize=8192)
+def _hint(attrs: str) -> int:
+    """8 for a consent dialog, 4 for a class/id string that names boilerplate outright, 16 for a comment
+    section, 2 for a weak boilerplate word, else 0."""
+    split = _CAMEL_RE.sub(r"\1-\2", attrs).lower()  # "mainSidebar": camelCase words are words too
+    if _ALWAYS_HINT.search(split):
+        return 8
+    if _STRONG_HINT.search(split):
+        return 4
+    if _COMMENT_HINT.search(split):
+        return 16
+    attrs = attrs.lower()  # weak words are short ("tag", "side"): only whole words, no camelCase split
+    return 2 if _WEAK_HINT.search(attrs) and not _POS_HINT.search(attrs) else 0
 
 
 def extract_main_block(html: str, config: MainBlockConfig | None = None) -> MainBlock:
@@ -105,30 +146,38 @@ def extract_main_block(html: str, config: MainBlockConfig | None = None) -> Main
     n = len(elems)
     index = {e: i for i, e in enumerate(elems)}
     parent = [-1] * n
-    # flags: 1 = inside a link (inherited), 2 = boilerplate class/id or hidden (the element itself)
+    # flags: 1 = inside a link (inherited); the element itself: 2 = weak boilerplate hint or hidden,
+    # 4 = strong boilerplate hint, 8 = consent dialog, 16 = comment section
     flags = [0] * n
     for i in range(1, n):
         e = elems[i]
         p = index.get(e.getparent(), -1)
         parent[i] = p
         f = flags[p] & 1 if p >= 0 else 0
-        if e.tag == "a":
+        tag = e.tag
+        if tag == "a":
             f |= 1
-        attrs = e.get("class") or e.get("id")
-        if e.tag in ("footer", "header") or attrs and _negative_hint(f"{attrs} {e.get('id') or ''}"):
+        if tag in _STRONG_TAGS:
+            f |= 4
+        elif tag in _WEAK_TAGS:
             f |= 2
-        elif e.get("hidden") is not None or ((st := e.get("style")) and _HIDDEN_STYLE.search(st)):
+        cls, ident = e.get("class"), e.get("id")
+        if cls and cls.count(" ") >= _MAX_CLASS_WORDS:
+            cls = None  # a CMS taxonomy dump ("post category-news tag-newsletter ..."), not the box's role
+        if cls or ident:
+            f |= _hint(f"{cls or ''} {ident or ''}")
+        if e.get("hidden") is not None or ((st := e.get("style")) and _HIDDEN_STYLE.search(st)):
             f |= 2
         flags[i] = f
     cjk = bool(CJK_RE.search(html[len(html) // 3 : len(html) // 3 + 4000]))
     cjk_w = cfg.cjk_weight if cjk else 1.0
     inl = [0.0] * n  # inline text length accumulated for the element's paragraph
     inl_link = [0.0] * n
+    # pass 1: each block element's own paragraph, classified good / bad / neutral
     good = [0.0] * n
     bad = [0.0] * n
     neu = [0.0] * n
-    kbad = [0.0] * n  # bad / neutral weight left after pruning boilerplate-only child subtrees
-    kneu = [0.0] * n
+    headline = [0.0] * n  # link paragraphs as long as a headline (lists of related articles)
     long_chars = cfg.long_chars
     for i in range(n - 1, -1, -1):
         e = elems[i]
@@ -147,47 +196,126 @@ def extract_main_block(html: str, config: MainBlockConfig | None = None) -> Main
             length = inl[i] * cjk_w
             if length:
                 if inl_link[i] > cfg.bad_link_density * inl[i]:
-                    bad[i] += length
-                    kbad[i] += length
+                    bad[i] = length
+                    if length >= cfg.headline_chars:
+                        headline[i] = length
                 elif length >= long_chars:
-                    good[i] += length
+                    good[i] = length
                 else:
-                    neu[i] += length
-                    kneu[i] += length
+                    neu[i] = length
         elif p >= 0:
             inl[p] += inl[i]
             inl_link[p] += inl_link[i]
-        if flags[i] & 2 and good[i] < cfg.hinted_max_good:
-            # a boilerplate-looking (or hidden) box without much long text is boilerplate as a whole
+    # pass 2: raw subtree sums of good text, to size the hinted boxes
+    raw = good[:]
+    nhead = [1 if h else 0 for h in headline]
+    for i in range(n - 1, 0, -1):
+        p = parent[i]
+        if not flags[i] & 8:
+            raw[p] += raw[i]
+        headline[p] += headline[i]
+        nhead[p] += nhead[i]
+    # pass 3: a hinted box without much long text is boilerplate as a whole. Comment boxes holding more long
+    # text than the rest of the page are the content (a forum thread, a comments or Q&A page); when even the
+    # strongly hinted boxes hold nearly all of it, only the weak hints count.
+    own = (good[:], bad[:], neu[:])
+    sums = _subtree_sums(elems, parent, flags, own, raw, cfg, mask=30)
+    if sums[0][0] < cfg.min_uncommented_share * raw[0] and any(f & 16 for f in flags):
+        sums = _subtree_sums(elems, parent, flags, own, raw, cfg, mask=14)
+    if sums[0][0] < cfg.min_unhinted_share * raw[0]:
+        sums = _subtree_sums(elems, parent, flags, own, raw, cfg, mask=10)
+    good, bad, neu, kbad, kneu, dead = sums
+    for i in range(1, n):  # nothing inside a boilerplate box can be the main block
+        if dead[parent[i]]:
+            dead[i] = True
+    best, best_score = 0, float("-inf")
+    bw, nw, pw = cfg.bad_weight, cfg.neutral_weight, cfg.pruned_weight
+    score = [0.0] * n
+    for i in range(n):
+        if not good[i] or dead[i]:
+            continue
+        s = score[i] = good[i] - bw * kbad[i] - nw * kneu[i] - pw * (bad[i] - kbad[i])
+        if s > best_score:
+            best, best_score = i, s
+    # Readability-style sibling inclusion: when the article is split over sibling boxes (paragraphs next to
+    # the best one, or a lead box and a body box), the best box alone misses them; the parent may still lose
+    # to it because of boilerplate in other siblings. Siblings that score a fair share of the best one are
+    # added, with the short, link-poor siblings between them (subheadings, short paragraphs).
+    chosen = [best]
+    p = parent[best]
+    if p >= 0:
+        sibs = [j for j in range(p + 1, n) if parent[j] == p] if best else []
+        keep = [j == best or (score[j] >= cfg.sibling_share * best_score and not dead[j]) for j in sibs]
+        idx = [k for k, v in enumerate(keep) if v]
+        if len(idx) > 1:
+            chosen = [
+                j
+                for k, j in enumerate(sibs[idx[0] : idx[-1] + 1], idx[0])
+                if keep[k] or (not dead[j] and not good[j] and kbad[j] <= kneu[j])
+            ]
+    # A dated list of headline links right after the article, in the same box and not marked as boilerplate,
+    # is its "related coverage" archive (headline + publication date per item); news-site gold texts (and
+    # trafilatura) keep it. Undated headline lists ("most popular", "recommended") are left out.
+    lists = set()
+    if p >= 0 and best:
+        last = chosen[-1]
+        for j in range(last + 1, n):
+            if parent[j] != p:
+                continue
+            if dead[j] or not (bad[j] or neu[j] or good[j]):
+                continue  # share bars, ads, spacers
+            if good[j] or nhead[j] < cfg.min_headlines or headline[j] < cfg.headline_share * (bad[j] + neu[j]):
+                break
+            if len(DATE_RE.findall("".join(elems[j].itertext()))) < cfg.dated_share * nhead[j]:
+                break
+            chosen.append(j)
+            lists.add(j)
+    texts = []
+    for c in chosen:
+        hi = c + 1
+        while hi < n and _is_descendant(parent, hi, c):
+            hi += 1
+        skip = set()
+        for j in range(c + 1, hi):
+            if (
+                dead[j]
+                or c not in lists
+                and not good[j]
+                and bad[j] > neu[j]
+                and (elems[j].tag in BLOCK_TAGS or flags[j] & 30)
+            ):
+                skip.add(elems[j])
+        texts.append(_serialize(elems[c], skip))
+    text = "\n".join(t for t in texts if t)
+    chosen_good = sum(good[c] for c in chosen)
+    chosen_bad = sum(bad[c] for c in chosen)
+    return MainBlock(text, chosen_good, good[0], chosen_bad, good[0] + bad[0] + neu[0], elems[best].tag)
+
+
+def _subtree_sums(elems, parent, flags, own, raw, cfg, mask: int):
+    """Per-element subtree sums of good / bad / neutral weight, with boilerplate boxes' text counted as bad;
+    kbad / kneu leave out the boilerplate-only child subtrees that pruning removes."""
+    n = len(elems)
+    good, bad, neu = own[0][:], own[1][:], own[2][:]
+    kbad, kneu = bad[:], neu[:]
+    dead = [False] * n
+    strong_max = cfg.strong_max_share * raw[0]
+    weak_max = cfg.hinted_max_good
+    for i in range(n - 1, 0, -1):
+        f = flags[i] & mask
+        if f & 8 or f & 22 and raw[i] < (strong_max if f & 20 else weak_max):
             bad[i] += good[i] + neu[i]
             kbad[i] = bad[i]
             good[i] = neu[i] = kneu[i] = 0.0
-        if p >= 0:
-            good[p] += good[i]
-            bad[p] += bad[i]
-            neu[p] += neu[i]
-            if good[i] or bad[i] <= neu[i] or not (flags[i] & 2 or e.tag in BLOCK_TAGS):
-                kbad[p] += kbad[i]
-                kneu[p] += kneu[i]
-    best, best_score = 0, float("-inf")
-    bw, nw = cfg.bad_weight, cfg.neutral_weight
-    for i in range(n):
-        if not good[i]:
-            continue
-        s = good[i] - bw * kbad[i] - nw * kneu[i] - cfg.pruned_weight * (bad[i] - kbad[i])
-        if s > best_score:
-            best, best_score = i, s
-    top = elems[best]
-    lo, hi = best, best + 1
-    while hi < n and _is_descendant(parent, hi, best):
-        hi += 1
-    removed = set()
-    for j in range(lo + 1, hi):
-        if not good[j] and bad[j] > neu[j] and elems[j].tag in BLOCK_TAGS:
-            removed.add(j)
-    skip = {elems[j] for j in removed}
-    text = _serialize(top, skip)
-    return MainBlock(text, good[best], good[0], bad[best], good[0] + bad[0] + neu[0], top.tag)
+            dead[i] = True
+        p = parent[i]
+        good[p] += good[i]
+        bad[p] += bad[i]
+        neu[p] += neu[i]
+        if good[i] or bad[i] <= neu[i] or not (f & 30 or elems[i].tag in BLOCK_TAGS):
+            kbad[p] += kbad[i]
+            kneu[p] += kneu[i]
+    return good, bad, neu, kbad, kneu, dead
 
 
 def _is_descendant(parent: list[int], j: int, anc: int) -> bool:

@@ -110,3 +110,25 @@ def test_unknown_method_and_option_rejected():
         ExtractMainText(method="magic")
     with pytest.raises(RecipeError):
         build_operator("extract_main_text", {"methd": "combined"})
+
+
+def test_boilerplate_boxes_dropped_but_comment_threads_kept():
+    para = "The council approved the budget after a long debate about schools and roads. "
+    article = (
+        "<html><body><div class='cookie-consent'><p>" + "We use cookies to personalise content and ads. " * 20 + "</p>"
+        "</div><article><p>" + para * 3 + "</p><p>" + para * 2 + "</p>"
+        "<figure><figcaption>Photo: City Hall press office archive picture</figcaption></figure>"
+        "<div class='author-box'><p>" + "Jane Doe writes about local politics for the paper. " * 2 + "</p></div>"
+        "</article><div class='comments'><p>" + "I disagree with the council on this one, sadly. " * 2 + "</p></div>"
+        "</body></html>"
+    )
+    text = ExtractMainText(method="mainblock").extract_one(article)[0]
+    assert "council approved" in text
+    assert not any(s in text for s in ("cookies", "Photo:", "Jane Doe", "I disagree"))
+    thread = (
+        "<html><body><div class='post'><p>How do I fix my bike chain?</p></div>"
+        + "".join(f"<div class='comment'><p>Reply {i}: " + para * 2 + "</p></div>" for i in range(4))
+        + "</body></html>"
+    )
+    text = ExtractMainText(method="mainblock").extract_one(thread)[0]
+    assert text.count("Reply") == 4
