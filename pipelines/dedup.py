@@ -8,7 +8,7 @@ Stages (nothing of size N is collected on the driver; it holds object refs and c
    URL hashes), so old documents are never hashed again. Changing ``num_perm``/``ngram``/``tokenizer``/``seed``
    makes stored signatures incomparable: they are then recomputed for every row (and replaced).
 2. **Buckets**: every signature row becomes one row per LSH band (plus one per exact-text hash and per URL hash);
-   Ray Data hash-shuffles them by bucket key (``repartition(keys=["bucket"])``), and each block turns its
+   Ray Data sorts them by bucket key (range partitioning: a bucket's rows land in one block), and each block turns its
    multi-member buckets into edges, verified by signature similarity (all pairs up to ``max_pair_bucket``
    members, leader comparison beyond), reduced to a spanning forest of the block (scipy connected components).
 3. **Connected components**, distributed: ``num_shards`` ``GraphShard`` actors each own the nodes ``node %
@@ -28,6 +28,7 @@ only among the new rows, whose labels are written while older rows keep theirs.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import uuid
@@ -152,6 +153,7 @@ class DedupReport:
     run_id: str = ""
     mlflow_run_id: str | None = None
     rehashed_all: bool = False
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         return (
@@ -187,6 +189,17 @@ def quality_scores(batch: pa.Table, spec: str | None) -> np.ndarray:
         frame = pl.from_arrow(batch) if n else pl.from_arrow(batch.schema.empty_table())
         values = frame.select(pl.sql_expr(spec).cast(pl.Float64).alias("q")).to_arrow()["q"]
     return pc.fill_null(values, -math.inf).to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def quality_columns(schema: pa.Schema, spec: str | None) -> set[str]:
+    """Columns the quality spec reads."""
+    if spec is None:
+        return {c for c in schema.names if c.endswith("_reason")}
+    if spec in schema.names:
+        return {spec}
+    import polars as pl
+
+    return set(pl.sql_expr(spec).meta.root_names())
 
 
 def check_quality_spec(schema: pa.Schema, spec: str | None) -> None:
@@ -226,14 +239,14 @@ def _bucket_rows(
         idx = np.flatnonzero(has)
         sigs = decode_signatures(batch["dup_sig"].take(pa.array(idx)), num_perm)
         keys = band_hashes(sigs, bands, rows, seed)  # (n, bands)
-        sig_col = batch["dup_sig"].take(pa.array(np.repeat(idx, bands))) if verify else None
+        sig_col = batch["dup_sig"].take(pa.array(np.repeat(idx, bands))).cast(pa.large_binary()) if verify else None
         parts.append(
             pa.table(
                 {
                     "bucket": pa.array(keys.reshape(-1), pa.int64()),
                     "node": pa.array(np.repeat(nodes[idx], bands), pa.int64()),
                     "verify": pa.array(np.full(idx.size * bands, verify)),
-                    "sig": sig_col if sig_col is not None else pa.nulls(idx.size * bands, pa.binary()),
+                    "sig": sig_col if sig_col is not None else pa.nulls(idx.size * bands, pa.large_binary()),
                 }
             )
         )
@@ -251,7 +264,7 @@ def _bucket_rows(
                     "bucket": pa.array(splitmix64(raw ^ salt).view(np.int64), pa.int64()),
                     "node": pa.array(nodes[valid], pa.int64()),
                     "verify": pa.array(np.zeros(int(valid.sum()), dtype=bool)),
-                    "sig": pa.nulls(int(valid.sum()), pa.binary()),
+                    "sig": pa.nulls(int(valid.sum()), pa.large_binary()),
                 }
             )
         )
@@ -610,6 +623,11 @@ def _apply_labels(batch: pa.Table, shards: list) -> pa.Table:
     return batch
 
 
+def _column_total(ds, column: str) -> int:
+    """Run ``ds`` and add up one small count column (a row per block; cheaper than Ray's shuffle-based sum)."""
+    return sum(int(pc.sum(b[column]).as_py() or 0) for b in ds.iter_batches(batch_format="pyarrow", batch_size=None))
+
+
 def connected_components(shards: list, max_rounds: int) -> int:
     """Min-label propagation with pointer jumping across the shard actors; returns the number of rounds."""
     import ray
@@ -668,7 +686,18 @@ def dedup_table(
     new_only = labelled and not rehash_all
 
     stages = tqdm(total=5, desc=f"dedup {identifier}", unit="stage", disable=not progress)
+    clock = [time.perf_counter(), "setup"]
+
+    def stage(name: str) -> None:
+        now = time.perf_counter()
+        report.stage_seconds[clock[1]] = round(now - clock[0], 3)
+        clock[0], clock[1] = now, name
+        if name != "setup":
+            stages.set_postfix_str(name)
+
     init_ray(cfg)
+    # one "Reducing the parallelism to 1" warning per Iceberg read of a small table is noise here
+    logging.getLogger("ray.data._internal.datasource.iceberg_datasource").setLevel(logging.ERROR)
     catalog_kwargs = {"name": lake.name, **lake.catalog_kwargs}
 
     def read(table_id: str, snapshot: int | None, columns: list[str] | None = None, new: bool = False):
@@ -683,7 +712,7 @@ def dedup_table(
     opt_columns = [c for c in (config.url_column,) if c in names]
 
     # 1. signatures of the rows that have none
-    stages.set_postfix_str("signatures")
+    stage("signatures")
     sig_table = ensure_side_table(lake, sig_id, SIG_SCHEMA, SIG_KIND, params | {"lake.dedup.source": identifier})
     op = MinHashSignature(config.num_perm, config.ngram, config.tokenizer, config.seed, config.url_column)
 
@@ -719,7 +748,7 @@ def dedup_table(
     stages.update()
 
     # 2. buckets -> verified edges, 3. connected components on the shard actors
-    stages.set_postfix_str("buckets")
+    stage("buckets")
     shard_cls = ray.remote(num_cpus=0)(GraphShard)
     shards = [shard_cls.remote(i, config.num_shards) for i in range(config.num_shards)]
     try:
@@ -741,9 +770,8 @@ def dedup_table(
                     "url": config.url,
                 },
             )
-            total = max(lake.count(sig_id, sig_snapshot), 1)
-            partitions = int(min(64, max(4, total * bands // 200_000)))
-            edges = bucket_rows.repartition(partitions, keys=["bucket"]).map_batches(
+            # a sort range-partitions by bucket key: every row of a bucket lands in the same block
+            edges = bucket_rows.sort("bucket").map_batches(
                 _bucket_edges,
                 batch_format="pyarrow",
                 batch_size=None,
@@ -754,23 +782,25 @@ def dedup_table(
                 },
             )
             sent = edges.map_batches(_send_edges, batch_format="pyarrow", batch_size=None, fn_kwargs={"shards": shards})
-            report.edges = int(sent.sum("edges") or 0)
+            report.edges = _column_total(sent, "edges")
         stages.update()
-        stages.set_postfix_str("components")
+        stage("components")
         report.rounds = connected_components(shards, config.max_rounds) if report.edges else 0
         stages.update()
 
         # 4. keepers
-        stages.set_postfix_str("keepers")
+        stage("keepers")
         if report.edges:
-            key_columns = [c for c in schema.names if c != config.text_column and c != "dup_sig"]
+            needed = quality_columns(schema, config.quality)
+            key_columns = [c for c in schema.names if c != config.text_column or c in needed]
             keys = read(identifier, base, key_columns, new=(config.scope == "batch" and labelled))
-            keys.map_batches(
+            sent_keys = keys.map_batches(
                 _send_keys,
                 batch_format="pyarrow",
                 batch_size=4096,
                 fn_kwargs={"shards": shards, "quality": config.quality, "fetch_time_column": config.fetch_time_column},
-            ).sum("rows")
+            )
+            _column_total(sent_keys, "rows")
             tables = [_multi(s.to_roots, config.num_shards) for s in shards]
             k = config.num_shards
             results = [_multi(shards[t].resolve, k, *[tables[s][t] for s in range(k)]) for t in range(k)]
@@ -784,7 +814,7 @@ def dedup_table(
         stages.update()
 
         # 5. labels -> one new snapshot
-        stages.set_postfix_str("labels")
+        stage("labels")
         batch_only = config.scope == "batch" and labelled
         everything = read(identifier, base, None, new=batch_only)
         labelled_rows = everything.map_batches(
@@ -801,6 +831,7 @@ def dedup_table(
             only_rows=col("dup_cluster_id").is_null() if batch_only else None,
         )
         stages.update()
+        stage("done")
     finally:
         for shard in shards:
             ray.kill(shard)
