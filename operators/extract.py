@@ -3,12 +3,14 @@
 ``method="combined"`` (default):
 1. ``operators.mainblock.extract_main_block``: one lxml parse, pick the subtree with the most long,
    link-poor text, prune boilerplate children inside it (a few ms per page).
-2. When that choice looks unreliable (little good text in the chosen block, or much of the page's good text
-   outside it), run trafilatura on the page instead (about 10x slower, so only on those pages); if
-   trafilatura's text is under ``rescue_ratio`` of ours, trafilatura missed the main block: keep ours.
+2. When that choice looks unreliable (little good text in the chosen block, with a higher bar on small pages
+   where the fallback is cheap, or much of the page's good text outside it), run trafilatura on the page
+   instead (about 10x slower, so only on those pages; in its fast mode on big pages); if trafilatura's text
+   is under ``rescue_ratio`` of ours, trafilatura missed the main block: keep ours.
 3. Trim lines no main text has: lines without a letter (counters, dates, "0"), and a short list of
    share/login/comment-widget phrases (en + zh) that extractors leak; on our own text, also cut everything
-   from the heading of a trailing section (related links, author box, comment form) on.
+   from the heading of a trailing section (related links, author box, comment form) on, unless a dated list
+   or a further story printed in full follows it.
 Pages over ``max_trafilatura_chars`` never fall back, so a huge page cannot stall a worker; pages over
 ``max_html_chars`` are truncated first (and say so in ``extract_error``).
 
@@ -29,6 +31,7 @@ from resiliparse.extract.html2text import extract_plain_text
 
 from operators.base import Operator, Resources, register, with_columns
 from operators.mainblock import DATE_RE, extract_main_block
+from operators.text import CJK_RE
 
 METHODS = ("combined", "mainblock", "trafilatura", "resiliparse")
 
@@ -64,6 +67,7 @@ _COMMENTS_HEADING = re.compile(
     re.IGNORECASE,
 )
 _END_MIN_SHARE, _COMMENTS_MIN_SHARE = 0.3, 0.7
+_PROSE_CHARS, _PROSE_LINES = 150, 3
 _TITLE_RE = re.compile(r"<title[^>]*>(.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
 _OG_TITLE_RE = re.compile(r"<meta\s[^>]*?(?:property|name)\s*=\s*[\"']og:title[\"'][^>]*>", re.IGNORECASE | re.DOTALL)
 _CONTENT_ATTR_RE = re.compile(r"content\s*=\s*(\"[^\"]*\"|'[^']*')", re.IGNORECASE | re.DOTALL)
@@ -102,21 +106,29 @@ def cut_trailing_sections(text: str) -> str:
         if len(line) < 60 and before > _END_MIN_SHARE * total:
             if _END_HEADING.match(line) or before > _COMMENTS_MIN_SHARE * total and _COMMENTS_HEADING.match(line):
                 following = lines[i + 1 : i + 6]
-                if sum(bool(DATE_RE.search(x)) for x in following) < 3:  # a dated list is kept, as in mainblock
+                if sum(bool(DATE_RE.search(x)) for x in following) < 3 and not _is_prose(following):
                     return "\n".join(lines[:i])
         before += len(line) + 1
     return text
+
+
+def _is_prose(lines: list[str]) -> bool:
+    """A "related" heading followed by several long paragraphs heads a further story printed in full (news
+    pages append one), not a list of headline links or a one-paragraph author box: it is kept, as is a dated
+    list (a news page's related-coverage archive)."""
+    return sum(len(x) + 2 * len(CJK_RE.findall(x)) >= _PROSE_CHARS for x in lines) >= _PROSE_LINES
 
 
 def resiliparse_text(html: str) -> str:
     return extract_plain_text(html, main_content=True, preserve_formatting=True) or ""
 
 
-def trafilatura_text(html: str, url: str | None, favor: str | None) -> str:
+def trafilatura_text(html: str, url: str | None, favor: str | None, fast: bool = False) -> str:
     return (
         trafilatura.extract(
             html,
             url=url,
+            fast=fast,
             favor_precision=favor == "precision",
             favor_recall=favor == "recall",
             include_comments=True,
@@ -147,6 +159,9 @@ class ExtractMainText(Operator):
         trim_lines: bool = True,
         fallback_min_good: float = 100.0,
         fallback_min_share: float = 0.3,
+        fallback_min_good_small: float = 150.0,
+        small_page_chars: int = 100_000,
+        fast_fallback_chars: int = 300_000,
         max_html_chars: int = 5_000_000,
         max_trafilatura_chars: int = 2_000_000,
     ):
@@ -162,6 +177,13 @@ class ExtractMainText(Operator):
         self.fallback_min_good = fallback_min_good
         # ... or less than this share of the page's good text
         self.fallback_min_share = fallback_min_share
+        # trafilatura's cost grows with the page, so on a small page (under ``small_page_chars``) the fallback is
+        # cheap and is taken below a higher bar of good text
+        self.fallback_min_good_small = fallback_min_good_small
+        self.small_page_chars = small_page_chars
+        # on pages over this, the fallback runs trafilatura's fast mode (no second pass with its readability and
+        # jusText fallbacks), about half the cost where the cost is highest
+        self.fast_fallback_chars = fast_fallback_chars
         self.max_html_chars = max_html_chars
         self.max_trafilatura_chars = max_trafilatura_chars
 
@@ -189,13 +211,14 @@ class ExtractMainText(Operator):
             return self._finish(block.text, title, "mainblock", errors)
         if len(html) > self.max_trafilatura_chars:
             return self._finish(block.text, title, "mainblock_big_page", errors)
-        confident = (
-            block.good_chars >= self.fallback_min_good
-            and block.good_chars >= self.fallback_min_share * block.page_good_chars
-        )
+        min_good = self.fallback_min_good
+        if len(html) < self.small_page_chars:
+            min_good = max(min_good, self.fallback_min_good_small)
+        confident = block.good_chars >= min_good and block.good_chars >= self.fallback_min_share * block.page_good_chars
         if confident:
             return self._finish(block.text, title, "mainblock", errors)
-        tr = _safe(trafilatura_text, errors, html, url, self.favor)
+        fast = len(html) > self.fast_fallback_chars
+        tr = _safe(trafilatura_text, errors, html, url, self.favor, fast)
         if len(tr) < self.rescue_ratio * len(block.text):
             return self._finish(block.text, title, "mainblock_rescue", errors)
         return self._finish(tr, title, "trafilatura", errors)

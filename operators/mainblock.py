@@ -13,12 +13,16 @@ readability / boilerpipe / jusText, written for this project:
    holds under half the page's long text; weak words (header, meta, widget, ...) when it holds little long
    text; comment sections unless they hold most of it (forum threads, Q&A and comments pages). A
    boilerplate box's text counts as bad and nothing inside it can be the main block.
+   A box named as the article body (itemprop=articleBody, "article-body", "entry-content") with a fair share
+   of the long text makes comment sections boilerplate at any size.
 4. Each element gets its subtree's good/bad/neutral sums; the main block is the element with the highest
    ``good - bad_weight * bad - neutral_weight * neutral`` (a maximum-scoring subtree). Readability-style, its
-   siblings scoring a fair share of its score join it, and a dated headline list right after it (a news
-   page's related-coverage archive) too.
-5. Inside the chosen boxes, boilerplate boxes and child subtrees without good text that are mostly bad are
-   removed, then the text is written out with a newline at every block boundary.
+   siblings scoring a fair share of its score join it, a dated headline list right after it (a news
+   page's related-coverage archive) too, and lead paragraphs just before it (a standfirst, also inside the
+   article's <header>).
+5. Inside the chosen boxes, boilerplate boxes and child subtrees without good text that are mostly bad (link
+   lists; a single paragraph only when nearly all link) are removed, then the text is written out with a
+   newline at every block boundary.
 
 ``extract_main_block`` returns the text and the figures a caller needs to decide whether to trust it
 (:class:`MainBlock`).
@@ -66,12 +70,24 @@ _WEAK_HINT = re.compile(
 )
 # Comment sections: boilerplate under an article, the content itself on a forum or comments page.
 _COMMENT_HINT = re.compile(r"(?:^|[\s_-])(?:comment(?!ary)|disqus|respond|reply|replies)")
+_BOX_HINT = re.compile("|".join(f"(?:{r.pattern})" for r in (_ALWAYS_HINT, _STRONG_HINT, _COMMENT_HINT)))
+# Class/id words (and itemprop="articleBody") that name the article body itself, as readability and trafilatura
+# look for them.
+_BODY_HINT = re.compile(
+    r"(?:^|[\s_-])(?:article-?(?:body|content|text)|entry-content|post-?(?:content|body|text)|"
+    r"story-?(?:body|content|text)|main-?content|body-?text|text-?body)(?:$|[\s_-])"
+)
 _POS_HINT = re.compile(r"article|content|main|post|entry|body|text|story|thread|message")
 DATE_RE = re.compile(r"\d{4}[-/.年]\d{1,2}[-/.月]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{4}")
 _MAX_CLASS_WORDS = 6
 _CAMEL_RE = re.compile(r"([a-z0-9])([A-Z])")
 # Elements that hold boilerplate whatever their class: comment/search forms, captions, page header/footer.
 _STRONG_TAGS = frozenset(("form", "figcaption", "footer"))
+_HEADING_TAGS = frozenset("h1 h2 h3 h4 h5 h6".split())
+_PARA_TAGS = _HEADING_TAGS | {"p"}
+# A paragraph or heading inside the main block is pruned as a link line only above this link share: a sentence
+# around a link ("... said the <a>ministry</a>"), or a label and its link, is text.
+_PARA_MAX_LINK_SHARE = 0.75
 _WEAK_TAGS = frozenset(("header",))
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
 _SPACE_RE = re.compile(r"\s+")
@@ -103,7 +119,10 @@ class MainBlockConfig:
     headline_share: float = 0.7  # a box with this share of its text in headline links is a headline list
     dated_share: float = 0.5  # ... and a dated one with a date for at least this share of its headlines
     sibling_share: float = 0.2  # siblings of the best box scoring this share of its score join it
+    lead_levels: int = 1  # lead paragraphs are looked for before the chosen box (1) and its ancestors (2, ...)
+    lead_bad_share: float = 0.2  # ... in boxes with at most this much bad text per good text
     min_uncommented_share: float = 0.5  # below this share of good text outside comment boxes, they are content
+    body_min_share: float = 0.2  # ... unless an article-body box holds this share of it
     min_unhinted_share: float = 0.3  # below this share of good text outside strong boxes, strong hints are off
 
 
@@ -122,15 +141,26 @@ def _parse(html: str) -> etree._Element | None:
 def _hint(attrs: str) -> int:
     """8 for a consent dialog, 4 for a class/id string that names boilerplate outright, 16 for a comment
     section, 2 for a weak boilerplate word, else 0."""
-    split = _CAMEL_RE.sub(r"\1-\2", attrs).lower()  # "mainSidebar": camelCase words are words too
-    if _ALWAYS_HINT.search(split):
-        return 8
-    if _STRONG_HINT.search(split):
-        return 4
-    if _COMMENT_HINT.search(split):
-        return 16
-    attrs = attrs.lower()  # weak words are short ("tag", "side"): only whole words, no camelCase split
+    lower = attrs.lower()
+    # "mainSidebar": camelCase words are words too (most class strings are lower case: no split needed)
+    split = lower if lower == attrs else _CAMEL_RE.sub(r"\1-\2", attrs).lower()
+    if _BOX_HINT.search(split):  # one screening search; the tiers below are tried in order only on a hit
+        if _ALWAYS_HINT.search(split):
+            return 8
+        if _STRONG_HINT.search(split):
+            return 4
+        if _COMMENT_HINT.search(split):
+            return 16
+    attrs = lower  # weak words are short ("tag", "side"): only whole words, no camelCase split
     return 2 if _WEAK_HINT.search(attrs) and not _POS_HINT.search(attrs) else 0
+
+
+def _is_body(e: etree._Element) -> bool:
+    """Whether the element is named as the article body (itemprop, or a class/id such as "article-body")."""
+    if e.get("itemprop") == "articleBody":
+        return True
+    attrs = f"{e.get('class') or ''} {e.get('id') or ''}"
+    return len(attrs) > 1 and bool(_BODY_HINT.search(_CAMEL_RE.sub(r"\1-\2", attrs).lower()))
 
 
 def extract_main_block(html: str, config: MainBlockConfig | None = None) -> MainBlock:
@@ -155,13 +185,14 @@ def extract_main_block(html: str, config: MainBlockConfig | None = None) -> Main
         parent[i] = p
         f = flags[p] & 1 if p >= 0 else 0
         tag = e.tag
-        if tag == "a":
-            f |= 1
+        if tag == "a" and (e.get("href") is not None or e.get("name") is None):
+            f |= 1  # a named anchor without a target (<a name="q1">) is a jump target holding text, not a link
         if tag in _STRONG_TAGS:
             f |= 4
         elif tag in _WEAK_TAGS:
             f |= 2
-        cls, ident = e.get("class"), e.get("id")
+        # a heading's id is a table-of-contents anchor made from its text ("nav_the_results_1"), not its role
+        cls, ident = e.get("class"), e.get("id") if tag not in _HEADING_TAGS else None
         if cls and cls.count(" ") >= _MAX_CLASS_WORDS:
             cls = None  # a CMS taxonomy dump ("post category-news tag-newsletter ..."), not the box's role
         if cls or ident:
@@ -219,8 +250,13 @@ def extract_main_block(html: str, config: MainBlockConfig | None = None) -> Main
     # text than the rest of the page are the content (a forum thread, a comments or Q&A page); when even the
     # strongly hinted boxes hold nearly all of it, only the weak hints count.
     own = (good[:], bad[:], neu[:])
-    sums = _subtree_sums(elems, parent, flags, own, raw, cfg, mask=30)
-    if sums[0][0] < cfg.min_uncommented_share * raw[0] and any(f & 16 for f in flags):
+    # A box named as the article body (itemprop=articleBody, "article-body", "entry-content") holding a fair share
+    # of the long text means comment boxes are boilerplate whatever their size (an article under a long
+    # discussion).
+    body_min = cfg.body_min_share * raw[0]
+    has_body = any(f & 16 for f in flags) and any(raw[i] >= body_min and _is_body(elems[i]) for i in range(1, n))
+    sums = _subtree_sums(elems, parent, flags, own, raw, cfg, mask=30, has_body=has_body)
+    if sums[0][0] < cfg.min_uncommented_share * raw[0] and any(f & 16 for f in flags) and not has_body:
         sums = _subtree_sums(elems, parent, flags, own, raw, cfg, mask=14)
     if sums[0][0] < cfg.min_unhinted_share * raw[0]:
         sums = _subtree_sums(elems, parent, flags, own, raw, cfg, mask=10)
@@ -270,19 +306,50 @@ def extract_main_block(html: str, config: MainBlockConfig | None = None) -> Main
                 break
             chosen.append(j)
             lists.add(j)
+    # Lead paragraphs: a standfirst / intro box often sits just before the article body (header > p.intro, then
+    # div.body); too small to pass the sibling share, it is still the article's start. Preceding siblings of the
+    # chosen box (and, with lead_levels > 1, of its ancestors) join it, nearest first, while they hold link-poor
+    # long text; short and empty ones are passed over, the first holding boilerplate ends the scan.
+    lead: list[int] = []
+    a = chosen[0]
+    for _ in range(cfg.lead_levels if best else 0):
+        p = parent[a]
+        if p < 0:
+            break
+        stop = False
+        for j in reversed([j for j in range(p + 1, a) if parent[j] == p]):
+            if dead[j] and flags[j] & 30 == 2:
+                # a box with only a weak hint (an article <header>) holds the standfirst: its own long, link-poor
+                # paragraphs outside hinted boxes (captions, bylines) join, written out whole
+                lead.extend(
+                    k for k in range(j, _subtree_end(parent, j)) if own[0][k] and _unhinted(flags, parent, k, j)
+                )
+                continue
+            if dead[j] or kbad[j] > cfg.lead_bad_share * good[j]:
+                stop = bool(kbad[j])
+                if stop:
+                    break
+                continue
+            if good[j]:
+                lead.append(j)
+        if stop:
+            break
+        a = p
+    chosen = sorted(lead) + chosen
     texts = []
     for c in chosen:
-        hi = c + 1
-        while hi < n and _is_descendant(parent, hi, c):
-            hi += 1
+        hi = _subtree_end(parent, c)
         skip = set()
-        for j in range(c + 1, hi):
+        for j in range(c + 1, hi) if not dead[c] else ():  # a dead c is a lead paragraph from a header
             if (
+                # in a dated headline list, the items' weakly hinted parts ("time", "date") are its dates
                 dead[j]
+                and not (c in lists and flags[j] & 30 == 2 and elems[j].tag not in BLOCK_TAGS)
                 or c not in lists
                 and not good[j]
                 and bad[j] > neu[j]
                 and (elems[j].tag in BLOCK_TAGS or flags[j] & 30)
+                and not (elems[j].tag in _PARA_TAGS and inl_link[j] < _PARA_MAX_LINK_SHARE * inl[j])
             ):
                 skip.add(elems[j])
         texts.append(_serialize(elems[c], skip))
@@ -292,7 +359,7 @@ def extract_main_block(html: str, config: MainBlockConfig | None = None) -> Main
     return MainBlock(text, chosen_good, good[0], chosen_bad, good[0] + bad[0] + neu[0], elems[best].tag)
 
 
-def _subtree_sums(elems, parent, flags, own, raw, cfg, mask: int):
+def _subtree_sums(elems, parent, flags, own, raw, cfg, mask: int, has_body: bool = False):
     """Per-element subtree sums of good / bad / neutral weight, with boilerplate boxes' text counted as bad;
     kbad / kneu leave out the boilerplate-only child subtrees that pruning removes."""
     n = len(elems)
@@ -301,9 +368,10 @@ def _subtree_sums(elems, parent, flags, own, raw, cfg, mask: int):
     dead = [False] * n
     strong_max = cfg.strong_max_share * raw[0]
     weak_max = cfg.hinted_max_good
+    comment_max = raw[0] + 1 if has_body else strong_max
     for i in range(n - 1, 0, -1):
         f = flags[i] & mask
-        if f & 8 or f & 22 and raw[i] < (strong_max if f & 20 else weak_max):
+        if f & 8 or f & 22 and raw[i] < (comment_max if f & 16 else strong_max if f & 4 else weak_max):
             bad[i] += good[i] + neu[i]
             kbad[i] = bad[i]
             good[i] = neu[i] = kneu[i] = 0.0
@@ -316,6 +384,23 @@ def _subtree_sums(elems, parent, flags, own, raw, cfg, mask: int):
             kbad[p] += kbad[i]
             kneu[p] += kneu[i]
     return good, bad, neu, kbad, kneu, dead
+
+
+def _unhinted(flags: list[int], parent: list[int], k: int, top: int) -> bool:
+    """No boilerplate hint on element ``k`` or its ancestors below ``top`` (a caption in a header)."""
+    while k > top:
+        if flags[k] & 30:
+            return False
+        k = parent[k]
+    return True
+
+
+def _subtree_end(parent: list[int], c: int) -> int:
+    """Index one past the last descendant of element ``c`` (elements are in document order)."""
+    hi = c + 1
+    while hi < len(parent) and _is_descendant(parent, hi, c):
+        hi += 1
+    return hi
 
 
 def _is_descendant(parent: list[int], j: int, anc: int) -> bool:

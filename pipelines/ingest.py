@@ -36,6 +36,8 @@ TIMING_PREFIX = "_seconds_"
 DROP_FROM_DOCUMENTS = ("html", "reject_reason", "reject_detail")
 INGEST_COMMAND = "ingest"
 LINEAGE_COLUMNS = ("input_uri", "input_digest", "record_key")
+BATCH_ROWS = 64
+BLOCK_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -268,6 +270,12 @@ def _ingest_group(
 
     items = [{"uri": i.uri, "digest": i.digest, "kind": i.kind, "urls_file": i.urls_file} for i in group]
     cpus = max(1, int(ray.available_resources().get("CPU", 1)))
+    # Small blocks, so that the records of one big input spread over every actor: a read task's output is
+    # otherwise buffered into blocks of up to 128 MB, each of which one actor works through alone (a streaming
+    # repartition instead needs a free CPU, and stalls while the actors hold them all). A dataset copies the
+    # context when it is created, so setting it here affects only this one.
+    context = ray.data.DataContext.get_current()
+    saved_block_bytes, context.target_max_block_size = context.target_max_block_size, BLOCK_BYTES
     dataset = (
         ray.data.from_items(items, override_num_blocks=len(items))
         # reading is light next to extraction; zero CPUs keeps it from fusing into (and serialising) the actors,
@@ -277,11 +285,14 @@ def _ingest_group(
             RecipeRunner,
             fn_constructor_kwargs={"recipe_path": recipe_file},
             batch_format="pyarrow",
-            batch_size=64,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cpus),
+            batch_size=BATCH_ROWS,
+            # two actors from the start: a pool of one only grows after a backlog, and each new actor pays for
+            # loading its models; bigger clusters grow the pool up to every CPU
+            compute=ray.data.ActorPoolStrategy(min_size=min(2, cpus), max_size=cpus),
             num_cpus=1,
         )
     )
+    context.target_max_block_size = saved_block_bytes
     kept_parts, reject_parts = [], []
     for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
         is_kept = pc.is_null(batch["reject_stage"])

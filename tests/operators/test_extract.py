@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from operators.base import RecipeError, build_operator
-from operators.extract import ExtractMainText, extract_title
+from operators.extract import ExtractMainText, cut_trailing_sections, extract_title
 
 _spec = importlib.util.spec_from_file_location(
     "extraction_benchmark", Path(__file__).resolve().parents[1] / "benchmarks" / "extraction.py"
@@ -132,3 +132,27 @@ def test_boilerplate_boxes_dropped_but_comment_threads_kept():
     )
     text = ExtractMainText(method="mainblock").extract_one(thread)[0]
     assert text.count("Reply") == 4
+
+
+def test_standfirst_in_header_and_article_body_hint():
+    para = "The council approved the budget after a long debate about schools and roads. "
+    lead = "A short summary of the decision that the council took on Tuesday evening, for readers in a hurry."
+    html = (
+        "<html><body><div class='wrap'><header><h1>Budget passed</h1><p>" + lead + "</p>"
+        "<figure><figcaption>" + "Photo of the city hall taken by the press office of the city. " + "</figcaption>"
+        "</figure></header><div itemprop='articleBody'><p>" + para * 3 + "</p><p>" + para * 2 + "</p></div></div>"
+        "<ul class='commentsList'>"
+        + "".join(f"<li><p>Comment {i}: " + para * 2 + "</p></li>" for i in range(3))
+        + "</ul></body></html>"
+    )
+    text = ExtractMainText(method="mainblock").extract_one(html)[0]
+    assert text.startswith(lead) and "council approved" in text  # the standfirst leads the text
+    assert "Photo of" not in text and "Comment" not in text  # captions and comments stay out
+
+
+def test_trailing_sections_cut_unless_a_full_story_follows():
+    body = "\n".join(["The council approved the budget after a long debate about schools and roads." * 2] * 4)
+    story = "\n".join(["A second story printed in full, with paragraphs as long as the first one's." * 3] * 3)
+    links = "\n".join(f"Another headline number {i}" for i in range(5))
+    assert cut_trailing_sections(f"{body}\nRelated articles\n{links}") == body
+    assert cut_trailing_sections(f"{body}\nRelated articles\n{story}").endswith(story)
