@@ -119,6 +119,9 @@ def _is_prose(lines: list[str]) -> bool:
     return sum(len(x) + 2 * len(CJK_RE.findall(x)) >= _PROSE_CHARS for x in lines) >= _PROSE_LINES
 
 
+RESCUE_BELOW_CHARS = 100
+
+
 def resiliparse_text(html: str) -> str:
     return extract_plain_text(html, main_content=True, preserve_formatting=True) or ""
 
@@ -210,24 +213,30 @@ class ExtractMainText(Operator):
         if self.method == "mainblock":
             return self._finish(block.text, title, "mainblock", errors)
         if len(html) > self.max_trafilatura_chars:
-            return self._finish(block.text, title, "mainblock_big_page", errors)
+            return self._finish(block.text, title, "mainblock_big_page", errors, html)
         min_good = self.fallback_min_good
         if len(html) < self.small_page_chars:
             min_good = max(min_good, self.fallback_min_good_small)
         confident = block.good_chars >= min_good and block.good_chars >= self.fallback_min_share * block.page_good_chars
         if confident:
-            return self._finish(block.text, title, "mainblock", errors)
+            return self._finish(block.text, title, "mainblock", errors, html)
         fast = len(html) > self.fast_fallback_chars
         tr = _safe(trafilatura_text, errors, html, url, self.favor, fast)
         if len(tr) < self.rescue_ratio * len(block.text):
-            return self._finish(block.text, title, "mainblock_rescue", errors)
-        return self._finish(tr, title, "trafilatura", errors)
+            return self._finish(block.text, title, "mainblock_rescue", errors, html)
+        return self._finish(tr, title, "trafilatura", errors, html)
 
-    def _finish(self, text: str, title: str | None, method: str, errors: list[str]) -> tuple:
+    def _finish(self, text: str, title: str | None, method: str, errors: list[str], html: str = "") -> tuple:
         if self.trim_lines and self.method in ("combined", "mainblock"):
             text = trim_boilerplate_lines(text)
             if method.startswith("mainblock"):
                 text = cut_trailing_sections(text)
+        if len(text.strip()) < RESCUE_BELOW_CHARS and html and self.method == "combined" and method != "resiliparse":
+            # nothing looked like an article (listing pages: our block is a footer line, trafilatura finds
+            # nothing): keep resiliparse's view of the page when it has clearly more to say
+            rescued = _safe(resiliparse_text, errors, html)
+            if len(rescued.strip()) >= 3 * max(len(text.strip()), 1) and len(rescued.strip()) >= RESCUE_BELOW_CHARS:
+                text, method = rescued, "resiliparse_rescue"
         return text, title, method, "; ".join(errors) or None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
