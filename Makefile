@@ -43,6 +43,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) tests/benchmarks/extraction.py
+	$(PY) tests/benchmarks/curation.py --pages 1200 --repeat 2
+	$(PY) tests/benchmarks/dedup.py
 
 clean:
 	rm -rf $(DEMO) lakehouse
