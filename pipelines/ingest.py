@@ -27,7 +27,7 @@ from catalog.store import Lakehouse, parse_identifier
 from lake.config import LakeConfig
 from lake.errors import LakeError, UsageError
 from operators.base import RecipeError
-from operators.decide import INGEST_STAGE, StageCounts
+from operators.decide import INGEST_STAGE, Decision, StageCounts
 from operators.recipe import DEFAULT_RECIPE, Recipe, load_recipe
 from pipelines.files import check_inputs, file_digest
 
@@ -143,46 +143,64 @@ class RecipeRunner:
 
     def __init__(self, recipe_path: str) -> None:
         self.recipe = load_recipe(recipe_path)
+        self.schedule = filter_schedule(self.recipe)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return run_recipe(self.recipe, batch)
+        return run_recipe(self.recipe, batch, self.schedule)
 
 
-def run_recipe(recipe: Recipe, batch: pa.Table) -> pa.Table:
-    """Operators in order (each row's share of a stage's batch time goes to ``_seconds_<op>``), then decide."""
+def filter_schedule(recipe: Recipe) -> dict[int, Decision]:
+    """Hard filters applied as early as their columns exist: after step ``k`` (-1: before any operator).
+
+    Filters keep their recipe order (the first that matches names the reason), so a filter runs once it and
+    every filter listed before it can be evaluated. Labelling a row that a filter already dropped is wasted
+    work: with the default recipe, quality and safety labels are computed only for rows in a kept language.
+    """
+    step_of = {INGEST_STAGE: -1} | {op.name: i for i, op in enumerate(recipe.operators)}
+    last = len(recipe.operators) - 1
+    filters = recipe.decision.hard_filters
+    ready_after, latest = [], -1
+    for hard_filter in filters:  # a stage that is no step (a custom name) waits until the end
+        latest = max(latest, step_of.get(hard_filter.stage, last))
+        ready_after.append(latest)
+    schedule: dict[int, Decision] = {}
+    for step in sorted(set(ready_after)):
+        schedule[step] = Decision([f for f, ready in zip(filters, ready_after, strict=True) if ready == step])
+    return schedule
+
+
+def run_recipe(recipe: Recipe, batch: pa.Table, schedule: dict[int, Decision] | None = None) -> pa.Table:
+    """Operators in order with each hard filter as early as it can run; rejected rows carry ``reject_*``.
+
+    Each row gets its share of every operator's batch time in ``_seconds_<op>`` (sums give stage seconds).
+    """
+    schedule = filter_schedule(recipe) if schedule is None else schedule
+    # rows the reader already rejected skip the operators (their payload is gone anyway)
+    reader_ok = pc.is_null(batch["reject_reason"])
+    live, rejected_parts = batch.filter(reader_ok), []
+    _, reader_rejects = Decision([]).split(batch.filter(pc.invert(reader_ok)))
+    rejected_parts.append(reader_rejects)
     timings = {}
-    live = batch
-    if "reject_reason" in batch.column_names:
-        # rows the reader already rejected skip the operators (their payload is gone anyway)
-        ok = pc.is_null(batch["reject_reason"])
-        live, dead = batch.filter(ok), batch.filter(pc.invert(ok))
-    else:
-        dead = batch.slice(0, 0)
-    for op in recipe.operators:
-        started = time.perf_counter()
-        live = op(live) if live.num_rows else live
-        timings[op.name] = time.perf_counter() - started
-    kept, rejected = recipe.decision.split(_align(live, dead))
-    kept = kept.append_column("reject_stage", pa.nulls(kept.num_rows, pa.string()))
+    for step in range(-1, len(recipe.operators)):
+        if step >= 0:
+            op = recipe.operators[step]
+            started = time.perf_counter()
+            live = op(live) if live.num_rows else live
+            timings[op.name] = time.perf_counter() - started
+        if step in schedule and live.num_rows:
+            live, dropped = schedule[step].split(live)
+            rejected_parts.append(dropped)
+    live = live.append_column("reject_stage", pa.nulls(live.num_rows, pa.string()))
     for column in ("reject_reason", "reject_detail"):
-        if column in kept.column_names:
-            kept = kept.set_column(kept.column_names.index(column), column, pa.nulls(kept.num_rows, pa.string()))
-    out = pa.concat_tables([kept, rejected.select(kept.column_names)], promote_options="permissive")
+        live = live.set_column(live.column_names.index(column), column, pa.nulls(live.num_rows, pa.string()))
+    out = pa.concat_tables([live, *(r for r in rejected_parts if r.num_rows)], promote_options="permissive")
+    # the raw HTML stays reachable through source_uri + source_offset; shipping it back to the driver cost more
+    # than any operator (hundreds of MB per thousand pages through the object store)
+    out = out.drop_columns([c for c in ("html",) if c in out.column_names])
     per_row = max(out.num_rows, 1)
     for name, seconds in timings.items():
         out = out.append_column(f"{TIMING_PREFIX}{name}", pa.array([seconds / per_row] * out.num_rows, pa.float64()))
     return out
-
-
-def _align(live: pa.Table, dead: pa.Table) -> pa.Table:
-    """Reader rejects rejoin the labelled rows, with nulls in the label columns they never got."""
-    if dead.num_rows == 0:
-        return live
-    columns = {
-        name: dead[name] if name in dead.column_names else pa.nulls(dead.num_rows, live.schema.field(name).type)
-        for name in live.column_names
-    }
-    return pa.concat_tables([live, pa.table(columns, schema=live.schema)])
 
 
 # ---- driver -------------------------------------------------------------------------------------------------

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 from lake.config import LakeConfig
+from pipelines.tracking import log_png, start_run
 
 EXPERIMENT = "lake-ingest"
 
@@ -52,30 +49,17 @@ def languages_figure(report):
 
 def log_ingest_run(cfg: LakeConfig, report, kind: str, paths: list[str]) -> str:
     """Log ``report`` as one MLflow run; returns its run id."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import matplotlib.pyplot as plt
     import mlflow
 
-    mlflow.set_tracking_uri(cfg.mlflow_uri_effective)
-    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
-    if experiment is None:
-        location = (
-            (cfg.mlflow_artifacts_dir / EXPERIMENT).as_uri() if cfg.mlflow_uri_effective.startswith("sqlite") else None
-        )
-        experiment_id = mlflow.create_experiment(EXPERIMENT, artifact_location=location)
-    else:
-        experiment_id = experiment.experiment_id
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"ingest-{kind}-{report.run_id[:8]}") as run:
+    params = {
+        "kind": kind,
+        "inputs": report.inputs,
+        "table": report.table,
+        "first_input": paths[0][:250] if paths else "",
+    }
+    with start_run(cfg, EXPERIMENT, run_name=f"ingest-{kind}-{report.run_id[:8]}", params=params) as run:
         mlflow.set_tags(
             {"lake.run_id": report.run_id, "lake.table": report.table, "lake.snapshot_id": str(report.snapshot_id)}
-        )
-        mlflow.log_params(
-            {
-                "kind": kind,
-                "inputs": report.inputs,
-                "table": report.table,
-                "first_input": paths[0][:250] if paths else "",
-            }
         )
         metrics = {
             "records": report.records,
@@ -86,10 +70,6 @@ def log_ingest_run(cfg: LakeConfig, report, kind: str, paths: list[str]) -> str:
         for stage, counts in report.stages.items():
             metrics |= {f"{stage}/{k}": v for k, v in counts.to_dict().items()}
         mlflow.log_metrics(metrics)
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, make in (("funnel.png", funnel_figure), ("languages.png", languages_figure)):
-                fig = make(report)
-                fig.savefig(Path(tmp) / name, dpi=110)
-                plt.close(fig)
-                mlflow.log_artifact(str(Path(tmp) / name), artifact_path="charts")
+        log_png(funnel_figure(report), "charts/funnel.png")
+        log_png(languages_figure(report), "charts/languages.png")
         return run.info.run_id
