@@ -43,7 +43,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) tests/benchmarks/extraction.py
-	$(PY) tests/benchmarks/curation.py --pages 1200 --repeat 2
+	$(PY) tests/benchmarks/curation.py --pages 6000 --files 8
 	$(PY) tests/benchmarks/dedup.py
 
 clean:

@@ -58,7 +58,7 @@ def submit(cfg: LakeConfig, args: list[str], working_dir: Path, echo=print) -> s
             "start one with `lake up` or set RAY_ADDRESS"
         ) from None
     runtime_env = {"working_dir": str(working_dir), "excludes": excludes, "env_vars": cfg.service_env()}
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+    job_id = _submit_with_retry(client, entrypoint, runtime_env)
     echo(f"submitted {job_id} to {cfg.dashboard_url_effective}: {entrypoint}")
     try:
         asyncio.run(_stream(client, job_id, echo))
@@ -69,6 +69,18 @@ def submit(cfg: LakeConfig, args: list[str], working_dir: Path, echo=print) -> s
         info = client.get_job_info(job_id)
         echo(f"job {job_id} {status}: {(info.message or '').strip()[:300]}")
     return status
+
+
+def _submit_with_retry(client, entrypoint: str, runtime_env: dict, wait_s: float = 60) -> str:
+    """Submit, waiting out a cluster whose job agent is still starting (it answers 500 "No available agent")."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 async def _stream(client, job_id: str, echo) -> None:

@@ -50,6 +50,14 @@ def services(cfg: LakeConfig) -> list[Service]:
         "--block",
         "--disable-usage-stats",
     ]
+
+    def agent_ports(node: int) -> list[str]:
+        # Ray's fixed default agent port (52365) belongs to whichever Ray started first on this machine, and a
+        # head without its agent refuses jobs ("No available agent"): give each node its own, next to ours
+        base = cfg.ray_dashboard_port + 10 + 10 * node
+        return ["--dashboard-agent-listen-port", str(base), "--dashboard-agent-grpc-port", str(base + 1),
+                "--runtime-env-agent-port", str(base + 2), "--metrics-export-port", str(base + 3)]
+
     head = Service(
         "ray-head",
         [
@@ -66,12 +74,16 @@ def services(cfg: LakeConfig) -> list[Service]:
             "127.0.0.1",
             "--dashboard-port",
             str(cfg.ray_dashboard_port),
+            *agent_ports(0),
             *common,
         ],
         health_url=f"http://127.0.0.1:{cfg.ray_dashboard_port}/api/version",
     )
     workers = [
-        Service(f"ray-worker-{i}", [_bin("ray"), "start", "--address", f"127.0.0.1:{cfg.ray_port}", *common])
+        Service(
+            f"ray-worker-{i}",
+            [_bin("ray"), "start", "--address", f"127.0.0.1:{cfg.ray_port}", *agent_ports(i), *common],
+        )
         for i in range(1, cfg.ray_worker_nodes + 1)
     ]
     mlflow = Service(

@@ -17,6 +17,10 @@ PORTS = {"LAKE_RAY_PORT": "6391", "LAKE_RAY_DASHBOARD_PORT": "8266", "LAKE_MLFLO
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    import ray
+
+    # an in-process Ray left by earlier tests holds the default agent ports that `lake up`'s head would use
+    ray.shutdown()
     home = tmp_path_factory.mktemp("cluster") / "home"
     env = {k: v for k, v in os.environ.items() if k not in LEAKY_ENV}
     env |= PORTS | {

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from itertools import pairwise
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from benchmarks import dedup as bench  # tests/ is on pytest's pythonpath
 
 from operators.dedup import (
     MinHashSignature,
@@ -28,12 +27,6 @@ from operators.dedup import (
     token_hashes,
 )
 from operators.text import CJK_CHARS
-
-_spec = importlib.util.spec_from_file_location(
-    "dedup_benchmark", Path(__file__).resolve().parents[1] / "benchmarks" / "dedup.py"
-)
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
 
 
 @pytest.fixture(scope="module")

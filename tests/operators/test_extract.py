@@ -1,21 +1,14 @@
 """Extraction on real benchmark pages (a sample, to stay fast); the full comparison is
 tests/benchmarks/extraction.py."""
 
-import importlib.util
 import time
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from benchmarks import extraction as bench  # tests/ is on pytest's pythonpath
 
 from operators.base import RecipeError, build_operator
 from operators.extract import ExtractMainText, cut_trailing_sections, extract_title
-
-_spec = importlib.util.spec_from_file_location(
-    "extraction_benchmark", Path(__file__).resolve().parents[1] / "benchmarks" / "extraction.py"
-)
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
 
 
 @pytest.fixture(scope="module")

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 from pathlib import Path
 
 import mlflow
 import pytest
+from benchmarks import dedup as bench  # tests/ is on pytest's pythonpath
 
 from conftest import run_lake
 from lake.config import load_config
 from pipelines.dedup import DedupConfig, dedup_table, signature_table_for
 from pipelines.imports import import_files
-
-_spec = importlib.util.spec_from_file_location(
-    "dedup_benchmark", Path(__file__).resolve().parents[1] / "benchmarks" / "dedup.py"
-)
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
 
 
 @pytest.fixture(scope="module")
