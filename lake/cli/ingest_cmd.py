@@ -60,15 +60,22 @@ def ingest_group() -> None:
     """Curate raw web inputs into a documents table (labels as columns, every drop a reject with a reason)."""
 
 
-@ingest_group.command("warc")
-@click.argument("paths", nargs=-1, required=True)
-@TABLE_OPTION
-@RECIPE_OPTION
-@FORMAT_OPTION
-@pass_ctx
-def ingest_warc(obj: CliContext, paths: tuple[str, ...], table: str, recipe: str | None, fmt: str) -> None:
-    """WARC / WARC.gz / WET files, local or fsspec URLs (s3://, https://)."""
-    _run(obj, "warc", list(paths), table, recipe, fmt)
+def _files_command(kind: str, help_text: str) -> click.Command:
+    """``lake ingest warc|jsonl PATH...``: the same options, a different reader."""
+
+    @click.argument("paths", nargs=-1, required=True)
+    @TABLE_OPTION
+    @RECIPE_OPTION
+    @FORMAT_OPTION
+    @pass_ctx
+    def command(obj: CliContext, paths: tuple[str, ...], table: str, recipe: str | None, fmt: str) -> None:
+        _run(obj, kind, list(paths), table, recipe, fmt)
+
+    return ingest_group.command(kind, help=help_text)(command)
+
+
+_files_command("warc", "WARC / WARC.gz / WET files, local or fsspec URLs (s3://, https://).")
+_files_command("jsonl", "JSON Lines with url and html or text fields.")
 
 
 @ingest_group.command("html")
@@ -89,17 +96,6 @@ def ingest_html(
 ) -> None:
     """A folder of .html / .html.gz pages."""
     _run(obj, "html", [directory], table, recipe, fmt, urls_file=urls_file)
-
-
-@ingest_group.command("jsonl")
-@click.argument("paths", nargs=-1, required=True)
-@TABLE_OPTION
-@RECIPE_OPTION
-@FORMAT_OPTION
-@pass_ctx
-def ingest_jsonl(obj: CliContext, paths: tuple[str, ...], table: str, recipe: str | None, fmt: str) -> None:
-    """JSON Lines with url and html or text fields."""
-    _run(obj, "jsonl", list(paths), table, recipe, fmt)
 
 
 @click.command("extract")
