@@ -31,6 +31,7 @@ demo: $(STAMP)
 	$(LAKE) --config $(DEMO)/lake.toml import preference $(DATA)/preference/*.json* --table pref.pairs
 	$(LAKE) --config $(DEMO)/lake.toml import text $(DATA)/text/*.txt $(DATA)/text/*.jsonl --table text.corpus
 	$(LAKE) --config $(DEMO)/lake.toml ingest warc $(DATA)/warc/*.warc.gz --recipe $(DEMO)/recipes/web.yaml
+	$(LAKE) --config $(DEMO)/lake.toml dedup web.documents
 	$(LAKE) --config $(DEMO)/lake.toml catalog tables
 	$(LAKE) --config $(DEMO)/lake.toml query "SELECT lang, count(*) AS docs, sum(CASE WHEN gopher_reason IS NULL THEN 1 ELSE 0 END) AS gopher_ok FROM web.documents GROUP BY lang ORDER BY docs DESC"
 	$(LAKE) --config $(DEMO)/lake.toml query "SELECT split, count(*) AS items, count(DISTINCT subject) AS subjects FROM eval.cmmlu_dev GROUP BY split"

@@ -170,16 +170,17 @@ def token_hashes(texts: list[str], tokenizer: str = "auto") -> tuple[np.ndarray,
 
 
 def shingle_hashes(
-    texts: list[str], ngram: int = 5, tokenizer: str = "auto"
+    texts: list[str], ngram: int = 5, tokenizer: str = "auto", tokens: tuple[np.ndarray, np.ndarray] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """64-bit hashes of the token ``ngram``-shingles of every text.
 
     Returns ``(hashes, offsets, token_counts)``: text ``i``'s shingles are ``hashes[offsets[i]:offsets[i + 1]]``.
     A text with fewer than ``ngram`` (but at least one) tokens has one shingle, its whole token sequence.
+    ``tokens``: ``token_hashes(texts, tokenizer)`` when the caller has it already.
     """
     if ngram < 1:
         raise ValueError("ngram must be >= 1")
-    toks, tok_off = token_hashes(texts, tokenizer)
+    toks, tok_off = tokens if tokens is not None else token_hashes(texts, tokenizer)
     counts = np.diff(tok_off)
     n_texts = len(texts)
     coef = _constants(0x5A1, ngram, 2)
@@ -233,13 +234,14 @@ def minhash_signatures(
     tokenizer: str = "auto",
     seed: int = 42,
     chunk_shingles: int = 1 << 12,
+    tokens: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """MinHash signatures, shape ``(len(texts), num_perm)`` uint32, plus shingle counts and token counts.
 
     Texts without a token get all-``0xFFFFFFFF`` signatures and a shingle count of 0 (callers keep them out of
     LSH). Work is done ``chunk_shingles`` shingles x ``num_perm`` at a time (4 MB for 128: cache-sized).
     """
-    hashes, offsets, tok_counts = shingle_hashes(texts, ngram, tokenizer)
+    hashes, offsets, tok_counts = shingle_hashes(texts, ngram, tokenizer, tokens)
     a, b = hash_family(num_perm, seed)
     n = len(texts)
     sigs = np.full((n, num_perm), EMPTY_VALUE, dtype=np.uint32)
@@ -306,9 +308,11 @@ def band_hashes(sigs: np.ndarray, bands: int, rows: int, seed: int = 42) -> np.n
 
 
 # ---- exact keys ---------------------------------------------------------------------------------------------
-def text_hashes(texts: list[str], tokenizer: str = "auto") -> np.ndarray:
+def text_hashes(
+    texts: list[str], tokenizer: str = "auto", tokens: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
     """64-bit hash of each text's token stream (int64); texts without a token get 0 (callers treat it as null)."""
-    toks, offsets = token_hashes(texts, tokenizer)
+    toks, offsets = tokens if tokens is not None else token_hashes(texts, tokenizer)
     counts = np.diff(offsets)
     out = np.zeros(len(texts), dtype=U64)
     if toks.size:
@@ -407,12 +411,15 @@ class MinHashSignature(Operator):
     def __call__(self, batch: pa.Table) -> pa.Table:
         self.check_input(batch)
         texts = [t or "" for t in batch["text"].to_pylist()]
-        sigs, sh_counts, _ = minhash_signatures(texts, self.num_perm, self.ngram, self.tokenizer, self.seed)
+        tokens = token_hashes(texts, self.tokenizer)  # shared by the signatures and the exact text hash
+        sigs, sh_counts, _ = minhash_signatures(
+            texts, self.num_perm, self.ngram, self.tokenizer, self.seed, tokens=tokens
+        )
         width = self.num_perm * 4
         sig_col = pa.FixedSizeBinaryArray.from_buffers(
             pa.binary(width), len(texts), [None, pa.py_buffer(sigs.astype("<u4").tobytes())]
         ).cast(pa.binary())
-        th = text_hashes(texts, self.tokenizer)
+        th = text_hashes(texts, self.tokenizer, tokens)
         text_hash = pa.array(th, type=pa.int64(), mask=th == 0)
         if self.url_column in batch.column_names:
             url_hash = url_hashes(batch[self.url_column].to_pylist())

@@ -7,10 +7,12 @@ Stages (nothing of size N is collected on the driver; it holds object refs and c
    since the last run. They are appended to the side table ``NS.TABLE_minhash`` (node, signature, exact text and
    URL hashes), so old documents are never hashed again. Changing ``num_perm``/``ngram``/``tokenizer``/``seed``
    makes stored signatures incomparable: they are then recomputed for every row (and replaced).
-2. **Buckets**: every signature row becomes one row per LSH band (plus one per exact-text hash and per URL hash);
-   Ray Data sorts them by bucket key (range partitioning: a bucket's rows land in one block), and each block turns its
-   multi-member buckets into edges, verified by signature similarity (all pairs up to ``max_pair_bucket``
-   members, leader comparison beyond), reduced to a spanning forest of the block (scipy connected components).
+2. **Buckets**: every signature row becomes one key per LSH band (plus one per exact-text hash and per URL hash).
+   Only (bucket, node) travels: keys go to the ``GraphShard`` actor of ``bucket % num_shards``, signatures to the
+   actor of their node. Each actor turns its multi-member buckets into unique candidate pairs (all pairs up to
+   ``max_pair_bucket`` members, each member against the first ``max_pair_bucket`` beyond; exact/URL buckets are
+   edges as they are); a pair goes to the owner of its first node, picks up that signature, then to the owner of
+   its second node, which keeps it when the signature similarity reaches the threshold. No sort, no join.
 3. **Connected components**, distributed: ``num_shards`` ``GraphShard`` actors each own the nodes ``node %
    num_shards``, with their edges. Rounds of min-label propagation along edges plus pointer jumping (``L[u] <-
    L[L[u]]``) exchange label arrays actor-to-actor (the driver passes object refs, never the arrays) until no
@@ -227,29 +229,25 @@ def _key_rows(batch: pa.Table, quality: str | None, fetch_time_column: str) -> p
     )
 
 
-# ---- stage 2: buckets -> edges --------------------------------------------------------------------------------
-def _bucket_rows(
+# ---- stage 2: buckets -> candidate pairs -> verified edges, on the shard actors ---------------------------------
+def _bucket_keys(
     batch: pa.Table, bands: int, rows: int, num_perm: int, seed: int, verify: bool, exact: bool, url: bool
-) -> pa.Table:
-    """One row per (document, LSH band), plus exact-text and URL key rows: bucket, node, verify, sig."""
-    nodes = batch["dup_node"].to_numpy(zero_copy_only=False)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(bucket, node, verify) per (document, LSH band) plus exact-text and URL key rows; and the (node, signature)
+    pairs that verification needs."""
+    nodes = batch["dup_node"].to_numpy(zero_copy_only=False).astype(np.int64)
     has = batch["dup_shingles"].to_numpy(zero_copy_only=False) > 0
-    parts = []
+    buckets, members, checks = [], [], []
+    sig_nodes, sigs = np.zeros(0, np.int64), np.zeros((0, num_perm), np.uint32)
     if has.any():
         idx = np.flatnonzero(has)
-        sigs = decode_signatures(batch["dup_sig"].take(pa.array(idx)), num_perm)
-        keys = band_hashes(sigs, bands, rows, seed)  # (n, bands)
-        sig_col = batch["dup_sig"].take(pa.array(np.repeat(idx, bands))).cast(pa.large_binary()) if verify else None
-        parts.append(
-            pa.table(
-                {
-                    "bucket": pa.array(keys.reshape(-1), pa.int64()),
-                    "node": pa.array(np.repeat(nodes[idx], bands), pa.int64()),
-                    "verify": pa.array(np.full(idx.size * bands, verify)),
-                    "sig": sig_col if sig_col is not None else pa.nulls(idx.size * bands, pa.large_binary()),
-                }
-            )
-        )
+        band_sigs = decode_signatures(batch["dup_sig"].take(pa.array(idx)), num_perm)
+        keys = band_hashes(band_sigs, bands, rows, seed)  # (n, bands)
+        buckets.append(keys.reshape(-1))
+        members.append(np.repeat(nodes[idx], bands))
+        checks.append(np.full(idx.size * bands, verify))
+        if verify:
+            sig_nodes, sigs = nodes[idx], band_sigs
     for enabled, column, salt in ((exact, "dup_text_hash", _EXACT_SALT), (url, "dup_url_hash", _URL_SALT)):
         if not enabled or column not in batch.column_names:
             continue
@@ -258,123 +256,90 @@ def _bucket_rows(
         if not valid.any():
             continue
         raw = pc.fill_null(values, 0).to_numpy(zero_copy_only=False).astype(np.int64)[valid].view(np.uint64)
-        parts.append(
-            pa.table(
-                {
-                    "bucket": pa.array(splitmix64(raw ^ salt).view(np.int64), pa.int64()),
-                    "node": pa.array(nodes[valid], pa.int64()),
-                    "verify": pa.array(np.zeros(int(valid.sum()), dtype=bool)),
-                    "sig": pa.nulls(int(valid.sum()), pa.large_binary()),
-                }
-            )
-        )
-    if not parts:
-        return pa.table(
-            {
-                "bucket": pa.array([], pa.int64()),
-                "node": pa.array([], pa.int64()),
-                "verify": pa.array([], pa.bool_()),
-                "sig": pa.array([], pa.binary()),
-            }
-        )
-    return pa.concat_tables(parts)
+        buckets.append(splitmix64(raw ^ salt).view(np.int64))
+        members.append(nodes[valid])
+        checks.append(np.zeros(int(valid.sum()), dtype=bool))
+    if not buckets:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool), sig_nodes, sigs
+    return np.concatenate(buckets), np.concatenate(members), np.concatenate(checks), sig_nodes, sigs
 
 
-def _verified_pairs(sigs: np.ndarray, threshold: float, max_pair_bucket: int) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs (i, j) of one bucket's members whose signature similarity reaches ``threshold``."""
-    k = sigs.shape[0]
-    if k <= max_pair_bucket:
-        sim = (sigs[:, None, :] == sigs[None, :, :]).mean(axis=2)
-        i, j = np.nonzero(np.triu(sim >= threshold, k=1))
-        return i, j
-    # large bucket (a template): compare each member with the leaders so far, O(k * leaders)
-    leaders: list[int] = []
-    src, dst = [], []
-    for m in range(k):
-        if leaders:
-            sim = (sigs[leaders] == sigs[m]).mean(axis=1)
-            hits = np.flatnonzero(sim >= threshold)
-            if hits.size:
-                src.extend([leaders[h] for h in hits])
-                dst.extend([m] * hits.size)
-                continue
-        if len(leaders) < max_pair_bucket:
-            leaders.append(m)
-    return np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
+def _send_buckets(batch: pa.Table, shards: list, **kwargs: Any) -> pa.Table:
+    """Bucket keys go to the shard of the bucket (``bucket % k``), signatures to the shard of their node."""
+    import ray
+
+    bucket, node, verify, sig_nodes, sigs = _bucket_keys(batch, **kwargs)
+    k = len(shards)
+    owner = bucket % k
+    sig_owner = sig_nodes % k
+    refs = [shards[t].add_buckets.remote(bucket[owner == t], node[owner == t], verify[owner == t]) for t in range(k)]
+    if sig_nodes.size:
+        refs += [shards[t].add_sigs.remote(sig_nodes[sig_owner == t], sigs[sig_owner == t]) for t in range(k)]
+    ray.get(refs)
+    return pa.table({"rows": pa.array([bucket.size], pa.int64())})
 
 
-def _bucket_edges(block: pa.Table, threshold: float, num_perm: int, max_pair_bucket: int) -> pa.Table:
-    """Edges of the multi-member buckets of one hash-partitioned block, reduced to a spanning forest."""
-    empty = pa.table({"src": pa.array([], pa.int64()), "dst": pa.array([], pa.int64())})
-    if block.num_rows < 2:
-        return empty
-    bucket = block["bucket"].to_numpy(zero_copy_only=False)
-    node = block["node"].to_numpy(zero_copy_only=False)
+def _bucket_pairs(
+    bucket: np.ndarray, node: np.ndarray, verify: np.ndarray, max_pair_bucket: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs ``(n, 2)`` (smaller node first, unique) of the verified buckets, and the edges ``(n, 2)`` of
+    the unverified (exact text / URL) buckets: a star to each bucket's first node."""
+    none = np.zeros((0, 2), np.int64)
+    if bucket.size < 2:
+        return none, none
     order = np.lexsort((node, bucket))
-    bucket, node = bucket[order], node[order]
+    bucket, node, verify = bucket[order], node[order], verify[order]
     new_group = np.ones(bucket.size, dtype=bool)
     new_group[1:] = bucket[1:] != bucket[:-1]
-    dup_row = np.zeros(bucket.size, dtype=bool)
-    dup_row[1:] = ~new_group[1:] & (node[1:] == node[:-1])  # the same node twice in a bucket
-    keep = ~dup_row
-    order, bucket, node, new_group = order[keep], bucket[keep], node[keep], new_group[keep]
+    keep = np.ones(bucket.size, dtype=bool)
+    keep[1:] = new_group[1:] | (node[1:] != node[:-1])  # the same node twice in a bucket
+    bucket, node, verify, new_group = bucket[keep], node[keep], verify[keep], new_group[keep]
     group_id = np.cumsum(new_group) - 1
     starts = np.flatnonzero(new_group)
     sizes = np.diff(np.append(starts, bucket.size))
     multi = sizes[group_id] > 1
-    if not multi.any():
-        return empty
-    verify = block["verify"].to_numpy(zero_copy_only=False)[order]
-    src_parts, dst_parts = [], []
-    # unverified (exact text / URL) buckets: a star to the bucket's first node
     star = multi & ~verify
-    if star.any():
-        first = node[starts[group_id[star]]]
-        src_parts.append(first)
-        dst_parts.append(node[star])
-    check = multi & verify
-    if check.any():
-        rows_idx = np.flatnonzero(check)
-        sig_rows = block["sig"].take(pa.array(order[rows_idx]))
-        sigs = decode_signatures(sig_rows, num_perm)
-        pos = np.full(bucket.size, -1, dtype=np.int64)
-        pos[rows_idx] = np.arange(rows_idx.size)
-        groups = np.unique(group_id[rows_idx])
-        g_start, g_size = starts[groups], sizes[groups]
-        pairs = g_size == 2  # the common case, vectorised
-        if pairs.any():
-            a, b = pos[g_start[pairs]], pos[g_start[pairs] + 1]
-            ok = (sigs[a] == sigs[b]).mean(axis=1) >= threshold
-            src_parts.append(node[g_start[pairs]][ok])
-            dst_parts.append(node[g_start[pairs] + 1][ok])
-        for s, k in zip(g_start[~pairs], g_size[~pairs], strict=True):
-            members = node[s : s + k]
-            i, j = _verified_pairs(sigs[pos[s : s + k]], threshold, max_pair_bucket)
-            src_parts.append(members[i])
-            dst_parts.append(members[j])
-    src = np.concatenate(src_parts) if src_parts else np.zeros(0, np.int64)
-    dst = np.concatenate(dst_parts) if dst_parts else np.zeros(0, np.int64)
-    keep = src != dst
-    src, dst = src[keep], dst[keep]
-    if src.size == 0:
-        return empty
-    return pa.table(_spanning_forest(src, dst))
+    edges = np.stack([node[starts[group_id[star]]], node[star]], axis=1) if star.any() else none
+    check_groups = np.flatnonzero((sizes > 1) & verify[starts])
+    if check_groups.size == 0:
+        return none, edges
+    g_start, g_size = starts[check_groups], sizes[check_groups]
+    pairs = g_size == 2  # the common case, vectorised
+    parts = [np.stack([node[g_start[pairs]], node[g_start[pairs] + 1]], axis=1)]
+    for s, size in zip(g_start[~pairs], g_size[~pairs], strict=True):
+        members = node[s : s + size]
+        if size <= max_pair_bucket:
+            i, j = np.triu_indices(size, k=1)
+        else:  # a large bucket (a template): every member against the first max_pair_bucket ones
+            lead = np.arange(max_pair_bucket)
+            i = np.repeat(lead, size)
+            j = np.tile(np.arange(size), max_pair_bucket)
+            ok = j > i
+            i, j = i[ok], j[ok]
+        parts.append(np.stack([members[i], members[j]], axis=1))
+    cand = np.concatenate(parts)
+    cand = cand[cand[:, 0] != cand[:, 1]]
+    cand = np.unique(np.sort(cand, axis=1), axis=0)
+    return cand, edges
 
 
-def _spanning_forest(src: np.ndarray, dst: np.ndarray) -> dict[str, np.ndarray]:
-    """The same connectivity with one edge per non-root node: (node, smallest node of its local component)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+def _route_edges(edges: np.ndarray, k: int) -> list[np.ndarray]:
+    """Both directions of each edge ``(n, 2)``, split by the shard of the source node."""
+    both = np.concatenate([edges, edges[:, ::-1]]) if edges.size else np.zeros((0, 2), np.int64)
+    owner = both[:, 0] % k
+    return [both[owner == t] for t in range(k)]
 
-    nodes, inverse = np.unique(np.concatenate([src, dst]), return_inverse=True)
-    n = nodes.size
-    graph = coo_matrix((np.ones(src.size, dtype=np.int8), (inverse[: src.size], inverse[src.size :])), shape=(n, n))
-    _, comp = connected_components(graph, directed=False)
-    root = np.full(comp.max() + 1, n, dtype=np.int64)
-    np.minimum.at(root, comp, np.arange(n))  # nodes are sorted: the smallest index is the smallest node
-    root_node = nodes[root[comp]]
-    keep = root_node != nodes
-    return {"src": nodes[keep], "dst": root_node[keep]}
+
+def find_edges(shards: list, threshold: float, max_pair_bucket: int) -> int:
+    """Buckets -> candidate pairs -> signature check where the signatures live -> edges on the shards."""
+    import ray
+
+    k = len(shards)
+    cands = [_multi(s.candidates, k, max_pair_bucket) for s in shards]  # cands[s][t]: pairs for shard t
+    attached = [_multi(shards[t].attach, k, *[cands[s][t] for s in range(k)]) for t in range(k)]
+    checked = [_multi(shards[t].check, k, threshold, *[attached[s][t] for s in range(k)]) for t in range(k)]
+    added = ray.get([shards[t].add_edge_parts.remote(*[checked[s][t] for s in range(k)]) for t in range(k)])
+    return sum(added) // 2
 
 
 # ---- stage 3-4: graph shards ----------------------------------------------------------------------------------
@@ -394,9 +359,78 @@ class GraphShard:
         self.label = np.zeros(0, np.int64)
         self.keys: list[pa.Table] = []
         self.result: pa.Table | None = None
+        self._buckets: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._sigs: list[tuple[np.ndarray, np.ndarray]] = []
 
     def _out(self, parts: list):
         return parts[0] if self.k == 1 else tuple(parts)
+
+    # buckets and candidate verification
+    def add_buckets(self, bucket: np.ndarray, node: np.ndarray, verify: np.ndarray) -> int:
+        self._buckets.append((bucket, node, verify))
+        return int(bucket.size)
+
+    def add_sigs(self, nodes: np.ndarray, sigs: np.ndarray) -> int:
+        self._sigs.append((nodes, sigs))
+        return int(nodes.size)
+
+    def candidates(self, max_pair_bucket: int):
+        """Candidate pairs of this shard's buckets to the shard of their first node; exact/URL edges to theirs."""
+        parts, self._buckets = self._buckets, []
+        if parts:
+            bucket, node, verify = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        else:
+            bucket, node, verify = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
+        pairs, edges = _bucket_pairs(bucket, node, verify, max_pair_bucket)
+        owner = pairs[:, 0] % self.k
+        routed = _route_edges(edges, self.k)
+        return self._out([{"pairs": pairs[owner == t], "edges": routed[t]} for t in range(self.k)])
+
+    def _signatures_of(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found mask, signatures) of ``nodes`` from the signatures this shard holds."""
+        if not hasattr(self, "_sig_nodes"):
+            parts, self._sigs = self._sigs, []
+            if parts:
+                sig_nodes = np.concatenate([p[0] for p in parts])
+                sigs = np.concatenate([p[1] for p in parts])
+                order = np.argsort(sig_nodes, kind="stable")
+                self._sig_nodes, self._sig_values = sig_nodes[order], sigs[order]
+            else:
+                self._sig_nodes, self._sig_values = np.zeros(0, np.int64), np.zeros((0, 0), np.uint32)
+        if self._sig_nodes.size == 0 or nodes.size == 0:
+            return np.zeros(nodes.size, bool), np.zeros((nodes.size, self._sig_values.shape[1]), np.uint32)
+        idx = np.minimum(np.searchsorted(self._sig_nodes, nodes), self._sig_nodes.size - 1)
+        return self._sig_nodes[idx] == nodes, self._sig_values[idx]
+
+    def attach(self, *parts: dict):
+        """Pairs whose first node is here get its signature and go on to the shard of their second node."""
+        for part in parts:
+            if part["edges"].size:
+                self.add_edges(part["edges"][:, 0], part["edges"][:, 1])
+        pairs = np.concatenate([p["pairs"] for p in parts]) if parts else np.zeros((0, 2), np.int64)
+        found, sigs = self._signatures_of(pairs[:, 0])
+        pairs, sigs = pairs[found], sigs[found]
+        owner = pairs[:, 1] % self.k
+        return self._out([{"pairs": pairs[owner == t], "sigs": sigs[owner == t]} for t in range(self.k)])
+
+    def check(self, threshold: float, *parts: dict):
+        """Pairs whose second node is here: kept when the signature similarity reaches ``threshold``."""
+        pairs = np.concatenate([p["pairs"] for p in parts])
+        first = np.concatenate([p["sigs"] for p in parts]) if pairs.size else None
+        found, second = self._signatures_of(pairs[:, 1])
+        if pairs.size:
+            ok = found & ((first == second).mean(axis=1) >= threshold)
+            pairs = pairs[ok]
+        return self._out(_route_edges(pairs, self.k))
+
+    def add_edge_parts(self, *parts: np.ndarray) -> int:
+        """Add routed edges ``(n, 2)``; returns the directed edges this shard holds, star edges included."""
+        for part in parts:
+            if part.size:
+                self.add_edges(part[:, 0], part[:, 1])
+        self._sig_nodes = np.zeros(0, np.int64)
+        self._sig_values = np.zeros((0, 0), np.uint32)
+        return int(sum(s.size for s in self._src))
 
     # edges and propagation
     def add_edges(self, src: np.ndarray, dst: np.ndarray) -> int:
@@ -756,11 +790,12 @@ def dedup_table(
             sigs = read(sig_id, sig_snapshot)
             if config.scope == "batch":
                 sigs = sigs.filter(expr=col("run_id") == report.run_id)
-            bucket_rows = sigs.map_batches(
-                _bucket_rows,
+            sent = sigs.map_batches(
+                _send_buckets,
                 batch_format="pyarrow",
                 batch_size=4096,
                 fn_kwargs={
+                    "shards": shards,
                     "bands": bands,
                     "rows": rows,
                     "num_perm": config.num_perm,
@@ -770,19 +805,8 @@ def dedup_table(
                     "url": config.url,
                 },
             )
-            # a sort range-partitions by bucket key: every row of a bucket lands in the same block
-            edges = bucket_rows.sort("bucket").map_batches(
-                _bucket_edges,
-                batch_format="pyarrow",
-                batch_size=None,
-                fn_kwargs={
-                    "threshold": config.threshold,
-                    "num_perm": config.num_perm,
-                    "max_pair_bucket": config.max_pair_bucket,
-                },
-            )
-            sent = edges.map_batches(_send_edges, batch_format="pyarrow", batch_size=None, fn_kwargs={"shards": shards})
-            report.edges = _column_total(sent, "edges")
+            _column_total(sent, "rows")
+            report.edges = find_edges(shards, config.threshold, config.max_pair_bucket)
         stages.update()
         stage("components")
         report.rounds = connected_components(shards, config.max_rounds) if report.edges else 0
