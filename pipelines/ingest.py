@@ -13,7 +13,7 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -237,7 +237,6 @@ def ingest(
     recipe_path: str | None = None,
     urls_file: str | None = None,
     commit_every: int = 32,
-    echo: Callable[[str], None] = print,
 ) -> IngestReport:
     """Ingest ``paths`` (WARC/WET files, one HTML directory, or JSONL files) into ``table``."""
     if kind not in ("warc", "html", "jsonl"):

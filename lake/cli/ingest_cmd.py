@@ -42,7 +42,6 @@ def _run(
         table=table,
         recipe_path=recipe,
         urls_file=urls_file,
-        echo=lambda m: click.echo(m, err=True),
     )
     if report.records:
         report.mlflow_run_id = log_ingest_run(obj.config, report, kind, paths)

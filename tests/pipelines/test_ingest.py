@@ -15,7 +15,7 @@ GBK_HOSTS = ("037426.cn", "0760.jxtdw.com", "041696.com", "0755krk.com", "077678
 
 
 def _ingest(lake, kind, paths, table="web.documents", **kw):
-    return ingest(load_config(), lake, kind, [str(p) for p in paths], table=table, echo=lambda m: None, **kw)
+    return ingest(load_config(), lake, kind, [str(p) for p in paths], table=table, **kw)
 
 
 def test_shared_warcs_are_fully_accounted_for_and_chinese_lands_as_zh(lake, data_dir):
