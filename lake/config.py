@@ -41,6 +41,8 @@ class LakeConfig:
     ray_auth_mode: str = "disabled"
     mlflow_tracking_uri: str = ""
     mlflow_port: int = 5055
+    # Ray Train run storage (checkpoints); a path all nodes see, or s3://… on a cluster
+    train_storage: str = ""
     # where this configuration came from (file path or "defaults"); informational
     source: str = "defaults"
 
@@ -60,6 +62,10 @@ class LakeConfig:
     @property
     def mlflow_artifacts_dir(self) -> Path:
         return self.home / "mlartifacts"
+
+    @property
+    def train_storage_effective(self) -> str:
+        return self.train_storage or str(self.home / "train")
 
     @property
     def run_dir(self) -> Path:
@@ -98,6 +104,7 @@ class LakeConfig:
             "LAKE_WAREHOUSE": self.warehouse_effective,
             "MLFLOW_TRACKING_URI": self.mlflow_uri_effective,
             "RAY_AUTH_MODE": self.ray_auth_mode,
+            "LAKE_TRAIN_STORAGE": self.train_storage_effective,
         }
         return env
 
@@ -130,6 +137,7 @@ ENV_VARS: dict[str, str] = {
     "RAY_AUTH_MODE": "ray_auth_mode",
     "MLFLOW_TRACKING_URI": "mlflow_tracking_uri",
     "LAKE_MLFLOW_PORT": "mlflow_port",
+    "LAKE_TRAIN_STORAGE": "train_storage",
 }
 
 # lake.toml sections -> config fields (a flat [lake] table is accepted too)
@@ -149,6 +157,7 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("ray", "auth_mode"): "ray_auth_mode",
     ("mlflow", "tracking_uri"): "mlflow_tracking_uri",
     ("mlflow", "port"): "mlflow_port",
+    ("train", "storage"): "train_storage",
 }
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 EXAMPLES: dict[str, tuple[str, str]] = {
     "lake.toml": ("lake", "examples/lake.toml"),
     "recipes/web.yaml": ("operators", "recipes/default.yaml"),
+    "train/pretrain.yaml": ("lake", "examples/pretrain.yaml"),
 }
 
 

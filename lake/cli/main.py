@@ -58,9 +58,29 @@ def cli(ctx: click.Context, config_file: str | None) -> None:
 
 
 def _register() -> None:
-    from lake.cli import catalog_cmd, config_cmd, dedup_cmd, import_cmd, ingest_cmd, query_cmd, services_cmd
+    from lake.cli import (
+        catalog_cmd,
+        config_cmd,
+        dedup_cmd,
+        import_cmd,
+        ingest_cmd,
+        models_cmd,
+        query_cmd,
+        services_cmd,
+        train_cmd,
+    )
 
-    for module in (config_cmd, catalog_cmd, query_cmd, import_cmd, ingest_cmd, dedup_cmd, services_cmd):
+    for module in (
+        config_cmd,
+        catalog_cmd,
+        query_cmd,
+        import_cmd,
+        ingest_cmd,
+        dedup_cmd,
+        train_cmd,
+        models_cmd,
+        services_cmd,
+    ):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -1,0 +1,89 @@
+"""``lake train tokenizer|pretrain``: model training jobs over catalog snapshots, tracked and registered in MLflow."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import click
+
+from lake.cli.context import CliContext, pass_ctx
+from lake.cli.output import emit_json
+
+
+@click.group("train")
+def train_group() -> None:
+    """Train tokenizers and models on catalog snapshots (Ray Train; runs and versions in MLflow)."""
+
+
+@train_group.command("tokenizer")
+@click.option("--table", required=True, metavar="NS.TABLE", help="Table whose text the tokenizer learns.")
+@click.option("--where", default=None, metavar="SQL", help="Predicate over the table's columns and labels.")
+@click.option("--as-of", "as_of", default=None, metavar="ID|TAG", help="Snapshot id or tag (default: current).")
+@click.option("--vocab-size", "vocab_size", type=int, required=True, help="Pieces (with --expand: pieces to learn).")
+@click.option("--name", required=True, help="Registered model name of the tokenizer.")
+@click.option("--expand", default=None, metavar="models:/NAME/V", help="Add pieces to this tokenizer; old ids stay.")
+@click.option(
+    "--sample-chars",
+    "sample_chars",
+    type=int,
+    default=20_000_000,
+    show_default=True,
+    help="Characters of the deterministic training sample.",
+)
+@click.option("--text-column", "text_column", default="text", show_default=True)
+@click.option(
+    "--eval",
+    "eval_slices",
+    multiple=True,
+    metavar="NAME=SQL",
+    help="Report characters per token on the held-out rows matching SQL (repeatable).",
+)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@pass_ctx
+def tokenizer_command(
+    obj: CliContext, table, where, as_of, vocab_size, name, expand, sample_chars, text_column, eval_slices, fmt
+) -> None:
+    """Train (or expand) a sentencepiece BPE tokenizer with byte fallback on a pinned snapshot. Example:
+
+    lake train tokenizer --table web.documents --where "dup_keep AND lang IN ('zh','en')" \
+      --vocab-size 8000 --name web-tok
+    """
+    from training.tokenizer_job import parse_eval_slices, run_tokenizer_job
+
+    result = run_tokenizer_job(
+        obj.config,
+        table=table,
+        name=name,
+        vocab_size=vocab_size,
+        where=where,
+        as_of=as_of,
+        expand=expand,
+        sample_chars=sample_chars,
+        eval_slices=parse_eval_slices(eval_slices),
+        text_column=text_column,
+    )
+    if fmt == "json":
+        emit_json(dataclasses.asdict(result))
+    else:
+        click.echo(result.summary())
+
+
+@train_group.command("pretrain")
+@click.argument("config_file", metavar="CONFIG.yaml", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@pass_ctx
+def pretrain_command(obj: CliContext, config_file: str, fmt: str) -> None:
+    """Pretrain a Llama-style model on a pinned snapshot with Ray Train and register it (`lake init` writes an
+    example config). Re-running the same command resumes an interrupted run from its last checkpoint."""
+    from training.config import load_yaml
+    from training.pretrain import run_pretrain
+
+    job = load_yaml(config_file)
+    result = run_pretrain(obj.config, job, progress=fmt == "table")
+    if fmt == "json":
+        emit_json(dataclasses.asdict(result))
+    else:
+        click.echo(result.summary())
+
+
+COMMANDS = [train_group]

@@ -1,0 +1,176 @@
+"""Job configuration: one nested, typed config per training job, read from YAML and validated before anything runs.
+
+Unknown keys and impossible values are user mistakes (``UsageError``, exit 2) named with their dotted path, so a
+typo in a YAML file never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from lake.errors import UsageError
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    table: str = ""  # NS.TABLE to read
+    where: str | None = None  # SQL predicate over the table's columns and labels
+    as_of: str | None = None  # snapshot id or tag; None pins the current snapshot when the job starts
+    text_column: str = "text"
+    id_column: str | None = None  # stable row id used for the held-out split; default: doc_id / first *_id column
+    val_fraction: float = 0.02  # share of rows (by a hash of the row id) held out for validation
+    val_max_tokens: int = 65536
+    shuffle: bool = True  # documents in a seeded hash order (a reproducible global shuffle); false: file order
+
+
+@dataclass(kw_only=True)
+class ModelSection:
+    size: str = "tiny"  # a preset of training.model.ModelConfig
+    seq_len: int = 256
+    init_from: str | None = None  # models:/NAME/V to continue from (vocabulary-expanded checkpoints included)
+    overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields over the preset
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    batch_size: int = 8  # sequences per micro-batch per worker
+    grad_accum: int = 1
+    max_steps: int = 100  # optimizer steps
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 10
+    schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay) | constant
+    decay_fraction: float = 0.2  # wsd: share of steps spent decaying
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_every: int = 50
+    checkpoint_every: int = 50
+    log_every: int = 10
+    seed: int = 0
+    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU | fp32 | bf16
+    compile: str = "auto"  # auto: torch.compile on GPU only | on | off
+
+
+@dataclass(kw_only=True)
+class ScalingSection:
+    num_workers: int = 1
+    gpus_per_worker: float = 0
+    cpus_per_worker: float = 1
+    torch_threads: int = 0  # 0: as Ray sets it (cpus_per_worker); more lets a worker use idle cores on its node
+    max_failures: int = 1
+
+
+@dataclass(kw_only=True)
+class PretrainConfig:
+    name: str = ""  # registered model name
+    tokenizer: str = ""  # models:/NAME/V of a tokenizer registered by `lake train tokenizer`
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelSection = field(default_factory=ModelSection)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    scaling: ScalingSection = field(default_factory=ScalingSection)
+
+    def validate(self) -> PretrainConfig:
+        problems = []
+        if not self.name:
+            problems.append("name: the registered model name is required")
+        if not self.tokenizer.startswith("models:/"):
+            problems.append("tokenizer: give a registered tokenizer as models:/NAME/VERSION")
+        if not self.data.table:
+            problems.append("data.table: the NS.TABLE to train on is required")
+        if not 0 <= self.data.val_fraction < 0.5:
+            problems.append("data.val_fraction: must be in [0, 0.5)")
+        o = self.optim
+        for key in ("batch_size", "grad_accum", "max_steps", "eval_every", "checkpoint_every", "log_every"):
+            if getattr(o, key) < 1:
+                problems.append(f"optim.{key}: must be at least 1")
+        if o.schedule not in ("cosine", "wsd", "constant"):
+            problems.append(f"optim.schedule: {o.schedule!r} is not one of cosine, wsd, constant")
+        if o.precision not in ("auto", "fp32", "bf16"):
+            problems.append(f"optim.precision: {o.precision!r} is not one of auto, fp32, bf16")
+        if o.compile not in ("auto", "on", "off"):
+            problems.append(f"optim.compile: {o.compile!r} is not one of auto, on, off")
+        if not 0 <= o.warmup_steps < o.max_steps:
+            problems.append("optim.warmup_steps: must be below optim.max_steps")
+        if self.model.seq_len < 8:
+            problems.append("model.seq_len: must be at least 8")
+        if self.scaling.num_workers < 1:
+            problems.append("scaling.num_workers: must be at least 1")
+        if problems:
+            raise UsageError("; ".join(problems))
+        return self
+
+    def digest(self) -> str:
+        """A short stable digest of everything that determines the run (its resume key)."""
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def as_flat_params(self) -> dict[str, Any]:
+        """``section.key`` -> value, for MLflow params."""
+        flat: dict[str, Any] = {}
+        for key, value in dataclasses.asdict(self).items():
+            if isinstance(value, dict):
+                for sub, v in value.items():
+                    flat[f"{key}.{sub}"] = json.dumps(v) if isinstance(v, dict) else v
+            else:
+                flat[key] = value
+        return flat
+
+
+def from_dict(cls, values: dict[str, Any], where: str = ""):
+    """Build dataclass ``cls`` from ``values``, recursing into nested dataclasses; unknown keys are errors."""
+    if not isinstance(values, dict):
+        raise UsageError(f"{where or 'config'}: expected a mapping, got {type(values).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise UsageError(f"unknown config key {prefix}{unknown[0]}; known: {', '.join(sorted(names))}")
+    kwargs = {}
+    for key, value in values.items():
+        hint = hints[key]
+        path = f"{where}.{key}" if where else key
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value or {}, path)
+        else:
+            kwargs[key] = _coerce(hint, value, path)
+    return cls(**kwargs)
+
+
+def _coerce(hint, value, path: str):
+    if value is None:
+        return None
+    try:
+        if hint is bool:
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if hint is int and not isinstance(value, bool):
+            return int(value)
+        if hint is float:
+            return float(value)
+        if hint in (str, str | None):
+            return str(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"config {path}: expected {getattr(hint, '__name__', hint)}, got {value!r}") from None
+    return value
+
+
+def load_yaml(path: str | Path, cls=PretrainConfig):
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"config file {p} does not exist")
+    try:
+        values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UsageError(f"cannot parse {p}: {str(exc).splitlines()[0]}") from None
+    return from_dict(cls, values).validate()

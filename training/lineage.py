@@ -1,0 +1,127 @@
+"""``lake lineage MODEL_URI``: from a registered version back to the raw inputs its data came from.
+
+The walk, nearest first: the model version, the MLflow run that made it, its tokenizer (walked the same way) and
+parent model (later stages), the catalog snapshot it trained on, the ``lake.runs`` pipeline runs (ingest, import,
+dedup) that built that snapshot or one of its ancestors, and their raw inputs (URI and content digest).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from catalog.schemas import RUNS_TABLE
+from catalog.store import Lakehouse
+from lake.config import LakeConfig
+from training import registry
+
+
+def snapshot_ancestors(lake: Lakehouse, table: str, snapshot_id: int) -> list[int]:
+    """``snapshot_id`` and every snapshot before it on its branch of history."""
+    iceberg = lake.table(table)
+    chain, current = [], iceberg.snapshot_by_id(snapshot_id)
+    while current is not None:
+        chain.append(current.snapshot_id)
+        current = iceberg.snapshot_by_id(current.parent_snapshot_id) if current.parent_snapshot_id else None
+    return chain
+
+
+def pipeline_runs(lake: Lakehouse, table: str, snapshot_id: int) -> list[dict[str, Any]]:
+    """Succeeded ``lake.runs`` rows whose commit is part of the snapshot's history, oldest first."""
+    if not lake.exists(RUNS_TABLE):
+        return []
+    history = set(snapshot_ancestors(lake, table, snapshot_id))
+    runs = lake.read(RUNS_TABLE).to_pylist()
+    found = [
+        r for r in runs if r["target_table"] == table and r["status"] == "succeeded" and r["snapshot_id"] in history
+    ]
+    return sorted(found, key=lambda r: r["started_at"])
+
+
+def lineage(cfg: LakeConfig, model_uri: str) -> list[dict[str, Any]]:
+    """Lineage nodes of ``model_uri``, nearest first, each with its ``kind`` and identifiers; no repeats."""
+    lake = Lakehouse.from_config(cfg)
+    mlflow_client = registry.client(cfg)
+    nodes: list[dict[str, Any]] = []
+    seen: set[tuple] = set()
+    pending: deque[Callable[[], None]] = deque()  # breadth first: nearer nodes are listed before farther ones
+
+    def add(key: tuple, node: dict[str, Any]) -> bool:
+        if key in seen:
+            return False
+        seen.add(key)
+        nodes.append(node)
+        return True
+
+    def walk_version(uri: str, kind: str | None = None) -> None:
+        ref = registry.resolve(cfg, uri)
+        node_kind = kind or ("tokenizer" if ref.tags.get(registry.TAG_KIND) == "tokenizer" else "model")
+        if not add(
+            ("version", ref.name, ref.version),
+            {
+                "kind": node_kind,
+                "name": ref.name,
+                "version": ref.version,
+                "uri": ref.uri,
+                "run_id": ref.run_id,
+                "stage": ref.tags.get(registry.TAG_STAGE, ""),
+                "code_commit": ref.tags.get(registry.TAG_COMMIT, ""),
+            },
+        ):
+            return
+        if ref.run_id:
+            run = mlflow_client.get_run(ref.run_id)
+            add(
+                ("run", ref.run_id),
+                {
+                    "kind": "run",
+                    "run_id": ref.run_id,
+                    "name": run.info.run_name,
+                    "experiment_id": run.info.experiment_id,
+                    "status": run.info.status,
+                },
+            )
+        tags = ref.tags
+        if tags.get(registry.TAG_TABLE) and tags.get(registry.TAG_SNAPSHOT):
+            table, snapshot = tags[registry.TAG_TABLE], int(tags[registry.TAG_SNAPSHOT])
+            pending.append(lambda: walk_snapshot(table, snapshot, tags.get(registry.TAG_PREDICATE, "")))
+        if tags.get(registry.TAG_PARENT):
+            pending.append(lambda: walk_version(tags[registry.TAG_PARENT]))
+        if tags.get(registry.TAG_TOKENIZER):
+            pending.append(lambda: walk_version(tags[registry.TAG_TOKENIZER], "tokenizer"))
+
+    def walk_snapshot(table: str, snapshot_id: int, predicate: str) -> None:
+        if not add(
+            ("snapshot", table, snapshot_id),
+            {
+                "kind": "dataset_snapshot",
+                "table": table,
+                "snapshot_id": snapshot_id,
+                "predicate": predicate,
+                "uri": f"iceberg://{cfg.catalog_name}/{table}?snapshot_id={snapshot_id}",
+            },
+        ):
+            return
+        runs = pipeline_runs(lake, table, snapshot_id)
+        for run in runs:
+            node = {
+                "kind": "pipeline_run",
+                "command": run["command"],
+                "run_id": run["run_id"],
+                "table": table,
+                "snapshot_id": run["snapshot_id"],
+                "mlflow_run_id": run["mlflow_run_id"],
+                "counts": json.loads(run["counts"] or "{}"),
+            }
+            pending.append(lambda key=("pipeline_run", run["run_id"]), node=node: add(key, node))
+        for run in runs:
+            for item in run["inputs"] or []:
+                node = {"kind": "raw_input", "uri": item["uri"], "digest": item["digest"], "run_id": run["run_id"]}
+                pending.append(lambda key=("raw", item["digest"]), node=node: add(key, node))
+
+    pending.append(lambda: walk_version(model_uri))
+    while pending:
+        pending.popleft()()
+    return nodes

@@ -1,0 +1,333 @@
+"""A Llama-style decoder-only transformer you can read top to bottom.
+
+Design choices (and why):
+
+- **Hugging Face layout.** Module and parameter names equal `transformers.LlamaForCausalLM`'s state-dict keys
+  (`model.layers.0.self_attn.q_proj.weight`, `lm_head.weight`, ...), so a checkpoint written by
+  `training.checkpoint.save_pretrained` loads into transformers with no renaming, and back. For the same reason
+  q/k/v and gate/up stay separate `nn.Linear`s (no fused qkv) and nothing has a bias.
+- **RMSNorm** (no mean subtraction, no bias) computed in fp32 and cast back, exactly like HF Llama, so logits
+  agree to ~1e-6 in fp32 and the norm stays stable under bf16 autocast.
+- **RoPE** in HF's `rotate_half` convention (first half / second half of each head, not interleaved pairs) so
+  q_proj/k_proj weights map 1:1. cos/sin are computed once for `max_seq_len` positions and kept as non-persistent
+  buffers: nothing is recomputed per step and nothing extra lands in the checkpoint.
+- **SwiGLU MLP**: `down(silu(gate(x)) * up(x))`; hidden size defaults to 8/3·dim rounded up to `multiple_of`
+  (keeps the FLOPs of a 4·dim GELU MLP).
+- **Grouped-query attention** through `F.scaled_dot_product_attention`: `is_causal=True` when no mask is given
+  (no T×T mask is ever materialised, and the fused CPU/GPU kernels apply); an explicit boolean or additive mask
+  when one is given (packed documents, padding). `position_ids` may restart inside a row for packed sequences;
+  `block_causal_mask(position_ids)` builds the matching block-diagonal causal mask.
+- **Tied embeddings** optional: `lm_head.weight` is then the same Parameter as `model.embed_tokens.weight`.
+- **Init** (nanoGPT/GPT-2): N(0, init_std) for every matrix, residual output projections (o_proj, down_proj)
+  scaled by 1/sqrt(2·n_layers) so the residual stream's variance does not grow with depth, norms at 1. Drawn from
+  a CPU generator in a fixed order, so a seed gives the same weights on any device.
+- No KV cache and no dropout: pretraining does not need them; `generate` is a plain re-run-the-prefix sampler
+  for smoke tests.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# name -> architecture; vocab_size comes from the tokenizer. Parameter counts assume a 32k vocabulary.
+PRESETS: dict[str, dict] = {
+    # ~4.9M (most of it the tied 32k embedding); fast enough for CPU tests
+    "tiny": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, multiple_of=64, max_seq_len=1024, tie_embeddings=True),
+    # ~25M
+    "small": dict(dim=384, n_layers=8, n_heads=6, n_kv_heads=2, max_seq_len=1024, tie_embeddings=True),
+    # GPT-2-small-like: 12 layers, d 768, 12 heads; ~110M at 32k vocab (124M at GPT-2's 50k)
+    "124m": dict(dim=768, n_layers=12, n_heads=12, n_kv_heads=12, max_seq_len=2048, tie_embeddings=True),
+    # GPT-2-medium-like: 24 layers, d 1024, 16 heads; ~340M at 32k vocab
+    "350m": dict(dim=1024, n_layers=24, n_heads=16, n_kv_heads=16, max_seq_len=2048, tie_embeddings=True),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the decoder. Each field maps to a LlamaConfig field (training.checkpoint), except
+    multiple_of, which only derives ffn_hidden."""
+
+    vocab_size: int
+    dim: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None: same as n_heads (plain multi-head attention)
+    ffn_hidden: int | None = None  # None: 8/3·dim rounded up to multiple_of
+    multiple_of: int = field(default=256, compare=False)  # only used to derive ffn_hidden
+    max_seq_len: int = 2048
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.ffn_hidden is None:
+            if self.multiple_of < 1:
+                raise ValueError(f"multiple_of must be >= 1, got {self.multiple_of}")
+            hidden = int(8 * self.dim / 3)
+            self.ffn_hidden = self.multiple_of * math.ceil(hidden / self.multiple_of)
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden", "max_seq_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads}); change one of them")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads}); "
+                f"pick n_kv_heads among the divisors of {self.n_heads}"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim = dim / n_heads = {self.head_dim} must be even for RoPE; change dim or n_heads")
+        if self.rope_theta <= 0 or self.norm_eps <= 0 or self.init_std <= 0:
+            raise ValueError("rope_theta, norm_eps and init_std must be > 0")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @classmethod
+    def preset(cls, name: str, vocab_size: int, **overrides) -> ModelConfig:
+        """A named size ("tiny", "small", "124m", "350m") for a given vocabulary; keyword overrides win."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}; valid: {[f.name for f in fields(cls)]}")
+        return cls(vocab_size=vocab_size, **{**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # fp32 statistics even under bf16, as HF Llama does (the weights then agree bit for bit)
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rope_cos_sin(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables [max_seq_len, head_dim] in HF's layout (frequencies repeated for both halves)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+    freqs = torch.outer(torch.arange(max_seq_len, dtype=torch.float), inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, heads, T, head_dim]; cos/sin: [T, head_dim] or [B, 1, T, head_dim]."""
+    return x * cos + rotate_half(x) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if attn_mask is None:
+            # enable_gqa: the kernel broadcasts the kv heads itself, no repeated k/v is materialised
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
+        else:
+            # the masked GPU kernels (memory-efficient) lack GQA support, so repeat kv heads here, as HF does
+            if self.n_kv_heads != self.n_heads:
+                k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+                v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
+        self.up_proj = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
+        self.down_proj = nn.Linear(cfg.ffn_hidden, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    """The `model.` prefix of HF's state dict: embeddings, layers, final norm."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+
+class LlamaModel(nn.Module):
+    """Decoder-only LM: `forward(input_ids) -> logits`; state-dict keys equal HF LlamaForCausalLM's."""
+
+    def __init__(self, cfg: ModelConfig, seed: int | None = 0) -> None:
+        """seed=None skips our init (for callers that load weights right after)."""
+        super().__init__()
+        self.cfg = cfg
+        self.model = Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        cos, sin = rope_cos_sin(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        if seed is not None:
+            self.init_weights(seed)
+
+    @torch.no_grad()
+    def init_weights(self, seed: int = 0) -> None:
+        """Deterministic GPT-2-style init; same seed -> same weights on every device."""
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        residual_std = self.cfg.init_std / math.sqrt(2 * self.cfg.n_layers)
+        for name, p in self.named_parameters():  # named_parameters() yields a tied weight once
+            if p.ndim == 1:  # RMSNorm gains
+                p.fill_(1.0)
+                continue
+            std = residual_std if name.endswith(("o_proj.weight", "down_proj.weight")) else self.cfg.init_std
+            p.copy_(torch.empty(p.shape, dtype=torch.float32).normal_(0.0, std, generator=gen))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids [B, T] -> logits [B, T, vocab].
+
+        position_ids [B, T] or [T]: positions for RoPE (default 0..T-1); restart them at 0 for each packed
+        document.
+        attn_mask: boolean (True = may attend) or additive float mask, broadcastable to [B, heads, T, T]; a
+        [B, T, T] mask is accepted too. It replaces the built-in causal mask, so it must be causal itself, and
+        every query must be allowed at least itself (keep the diagonal), else sdpa returns NaN for that row.
+        """
+        T = input_ids.shape[1]
+        if T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
+        if position_ids is None:
+            cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        else:
+            cos, sin = self.rope_cos[position_ids], self.rope_sin[position_ids]
+            if position_ids.ndim == 2:  # [B, T, hd] -> [B, 1, T, hd], broadcast over heads
+                cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        x = self.model.embed_tokens(input_ids)
+        # cos/sin follow the activations' dtype (bf16 under .to(bfloat16)), as in HF
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        if attn_mask is not None and attn_mask.ndim == 3:
+            attn_mask = attn_mask.unsqueeze(1)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, attn_mask)
+        return self.lm_head(self.model.norm(x))
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Unique parameters (a tied matrix counts once); exclude_embeddings drops the token embedding and an
+        untied lm_head (Kaplan's "non-embedding" count)."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.model.embed_tokens.weight.numel()
+            if not self.cfg.tie_embeddings:
+                n -= self.lm_head.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token, 6N + 12·L·d·T (PaLM appendix B, nanoGPT's MFU).
+
+        N counts the weights every token is multiplied through: the non-embedding parameters plus the output
+        projection (V·d, tied or not); the input embedding is a lookup and costs nothing. 12·L·d·T is the
+        attention score and value matmuls (forward + backward) over a context of T.
+        """
+        c = self.cfg
+        n_matmul = self.num_params(exclude_embeddings=True) + c.vocab_size * c.dim
+        return 6 * n_matmul + 12 * c.n_layers * c.dim * seq_len
+
+
+def block_causal_mask(position_ids: torch.Tensor) -> torch.Tensor:
+    """Boolean mask [B, 1, T, T] for packed rows: a token attends to earlier tokens of its own document only.
+
+    A document starts wherever its position id is 0 (positions restart per document).
+    """
+    doc = (position_ids == 0).cumsum(dim=-1)  # [B, T] document index within the row
+    T = position_ids.shape[-1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=position_ids.device).tril()
+    same_doc = doc.unsqueeze(-1) == doc.unsqueeze(-2)
+    return (same_doc & causal).unsqueeze(1)
+
+
+@torch.no_grad()
+def generate(
+    model: LlamaModel,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    eos_id: int | None = None,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Sample continuations of input_ids [B, T]; temperature 0 is greedy. No KV cache: re-runs the (cropped)
+    prefix each step, which is fine for smoke tests and tiny models. Rows stop growing once every row hit eos."""
+    was_training = model.training
+    model.eval()
+    out = input_ids
+    done = torch.zeros(out.shape[0], dtype=torch.bool, device=out.device)
+    for _ in range(max_new_tokens):
+        logits = model(out[:, -model.cfg.max_seq_len :])[:, -1, :].float()
+        if temperature <= 0:
+            nxt = logits.argmax(dim=-1)
+        else:
+            logits = logits / temperature
+            if top_k is not None:
+                kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            nxt = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+        if eos_id is not None:
+            nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+            done |= nxt == eos_id
+        out = torch.cat([out, nxt.unsqueeze(-1)], dim=-1)
+        if eos_id is not None and bool(done.all()):
+            break
+    model.train(was_training)
+    return out
