@@ -249,6 +249,13 @@ class Lakehouse:
             return table.schema().as_arrow().empty_table()
         return table.scan(snapshot_id=snapshot_id, selected_fields=columns).to_arrow()
 
+    def count_inputs(self, identifier: str, digests: list[str]) -> int:
+        """Rows of the current snapshot that came from the inputs with these ``input_digest`` values."""
+        table = self.table(identifier)
+        if table.current_snapshot() is None or not digests:
+            return 0
+        return table.scan(row_filter=In("input_digest", digests), selected_fields=KEY_COLUMNS).to_arrow().num_rows
+
     def count(self, identifier: str, as_of: str | int | None = None) -> int:
         table = self.table(identifier)
         snapshot_id = self.resolve_snapshot(identifier, as_of)

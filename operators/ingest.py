@@ -531,7 +531,8 @@ def _plain_rows(stream: BinaryIO, source_uri: str, max_bytes: int, frame: _Frame
     while True:
         stream.seek(base)
         frame.broken_at = None
-        yield from _frame_rows(stream, base, source_uri, max_bytes, frame, lambda: None)
+        # fastwarc takes record positions from the stream's tell(): they are file offsets already
+        yield from _frame_rows(stream, 0, source_uri, max_bytes, frame, lambda: None)
         if frame.broken_at is None:
             return
         resume = _next_warc_header(stream, frame.broken_at + 1)
@@ -548,13 +549,15 @@ def iter_warc_records(path_or_url: str, max_payload_bytes: int = MAX_PAYLOAD_BYT
     broken header or a corrupt gzip member becomes one reject and reading resumes at the next gzip member (or
     ``WARC/`` header line); a file that is cut short yields its readable records and then one reject.
     """
-    frame = _Frame()
+    frame, rows = _Frame(), 0
     with fsspec.open(path_or_url, "rb") as stream:
         gzipped = stream.read(len(GZIP_MAGIC)) == GZIP_MAGIC
         stream.seek(0)
         reader = _gzip_rows if gzipped else _plain_rows
-        yield from reader(stream, path_or_url, max_payload_bytes, frame)
-    if not frame.records:
+        for row in reader(stream, path_or_url, max_payload_bytes, frame):
+            rows += 1
+            yield row
+    if not frame.records and not rows:
         yield _break_row(path_or_url, 0, ValueError("no WARC record found"))
 
 

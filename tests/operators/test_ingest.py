@@ -6,6 +6,7 @@ import gzip
 import json
 import re
 
+import malformed_warcs
 import pytest
 
 from operators.ingest import (
@@ -156,23 +157,10 @@ def test_broken_warc_header_never_raises_and_reading_resumes(tmp_path):
     assert "Content-Length" in result[1]["reject_detail"]
 
 
-def member_per_record_warc(bad_length: str | None, count: int = 10, bad_index: int = 1) -> bytes:
-    """``count`` responses, one gzip member each (as Common Crawl writes them); record ``bad_index`` declares
-    ``bad_length`` as its Content-Length."""
-    members = []
-    for i in range(count):
-        body = http(f"<html><body><p>page {i}: {'some words here ' * 20}</p></body></html>".encode())
-        record = warc_record(f"http://a.test/{i}", body)
-        if i == bad_index and bad_length is not None:
-            record = record.replace(f"Content-Length: {len(body)}".encode(), f"Content-Length: {bad_length}".encode())
-        members.append(gzip.compress(record))
-    return b"".join(members)
-
-
 @pytest.mark.parametrize("bad_length", ["abc", "10", "100000", "-5", ""])
 def test_bad_content_length_is_one_reject_and_the_next_members_are_read(tmp_path, bad_length):
     path = tmp_path / "bad-length.warc.gz"
-    path.write_bytes(member_per_record_warc(bad_length))
+    path.write_bytes(malformed_warcs.member_per_record(malformed_warcs.records(bad_index=1, bad_length=bad_length)))
     result = list(iter_warc_records(str(path)))
     assert [r["url"] for r in result] == [f"http://a.test/{i}" for i in range(10)]
     assert [r["reject_reason"] is None for r in result] == [True, False] + [True] * 8
