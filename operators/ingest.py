@@ -9,7 +9,8 @@ bad data.
 
 Reasons: ``warc_truncated`` (gzip stream or record body cut short), ``warc_malformed`` (broken WARC or HTTP
 headers, corrupt gzip), ``http_status`` (not 2xx), ``non_html_payload``, ``empty_payload``,
-``payload_too_large``, ``decode_error`` (no charset decodes the bytes), ``json_malformed`` (JSON Lines only).
+``payload_too_large``, ``decode_error`` (no charset decodes the bytes), ``html_too_deep`` (elements nested
+deeper than any extractor can handle in bounded time), ``json_malformed`` (JSON Lines only).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import fsspec
 import pyarrow as pa
 from fastwarc.warc import ArchiveIterator, WarcRecord, WarcRecordType
 from resiliparse.parse.encoding import detect_encoding, map_encoding_to_html5
+
+from operators.htmldepth import MAX_HTML_DEPTH, nests_deeper_than
 
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
 HTML_MIME = frozenset({"text/html", "application/xhtml+xml"})
@@ -253,7 +256,14 @@ def _fill_html(row: dict, body: bytes, mime: str, header_charset: str | None, ma
             raise RejectError("non_html_payload", f"content type {mime or 'missing'!r}")
         row["content_type"] = "text/html"
     row["html"], row["charset"] = decode_html(body, header_charset)
+    _check_nesting(row["html"])
     return row
+
+
+def _check_nesting(html: str) -> None:
+    """Extractors take time quadratic in the nesting depth: a pathologically deep page is refused up front."""
+    if nests_deeper_than(html, MAX_HTML_DEPTH):
+        raise RejectError("html_too_deep", f"elements nested more than {MAX_HTML_DEPTH} deep")
 
 
 # --- WARC / WET -----------------------------------------------------------------------------------------
@@ -640,6 +650,8 @@ def iter_jsonl(path: str, max_payload_bytes: int = MAX_PAYLOAD_BYTES) -> Iterato
                 yield _reject(row, "empty_payload", "no html or text", digest)
             elif len(data) > max_payload_bytes:
                 yield _reject(row, "payload_too_large", f"{len(data)} bytes > {max_payload_bytes}", digest)
+            elif field == "html" and nests_deeper_than(value, MAX_HTML_DEPTH):
+                yield _reject(row, "html_too_deep", f"elements nested more than {MAX_HTML_DEPTH} deep", digest)
             else:
                 row[field], row["doc_id"] = value, _doc_id(row, digest)
                 yield row

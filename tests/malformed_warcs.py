@@ -64,6 +64,7 @@ def build_corpus(directory: Path) -> dict[str, int]:
     junk_after_reject = gzip.compress(
         warc_record("http://a.test/gone", http(page(0), status="404 Not Found")) + b"not a WARC header\r\n\r\n"
     ) + gzip.compress(records(1)[0])
+    deep_record = warc_record("http://a.test/deep", http(deep_html_page(100_000)))
     cases: dict[str, tuple[bytes, int]] = {
         "bad-length-abc.warc.gz": (member_per_record(records(bad_index=2, bad_length="abc")), 10),
         "bad-length-small.warc.gz": (member_per_record(records(bad_index=2, bad_length="10")), 10),
@@ -72,6 +73,7 @@ def build_corpus(directory: Path) -> dict[str, int]:
         "corrupt-member.warc.gz": (corrupt_member(records(), 3), 10),
         "cut-in-sixth-record.warc.gz": (cut[: sixth + 60], 6),
         "junk-after-a-reject.warc.gz": (junk_after_reject, 3),  # the 404, the junk, the good record
+        "deep-html.warc.gz": (member_per_record([deep_record, *records(1)]), 2),  # 100k nested <div>s + a page
         "random-bytes.warc.gz": (zlib.crc32(b"seed").to_bytes(4, "big") * 512, 1),
         "empty.warc.gz": (b"", 1),
     }

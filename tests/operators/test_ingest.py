@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import time
 
 import malformed_warcs
 import pytest
@@ -251,3 +252,12 @@ def test_jsonl_reader(tmp_path):
     assert html_row["html"] == "<p>hi</p>" and html_row["content_type"] == "text/html"
     assert empty_row["reject_reason"] == "empty_payload"
     assert broken_row["reject_reason"] == "json_malformed"
+
+
+def test_deeply_nested_page_is_a_reject_in_bounded_time(tmp_path):
+    malformed_warcs.build_corpus(tmp_path)
+    started = time.perf_counter()
+    result = list(iter_warc_records(str(tmp_path / "deep-html.warc.gz")))
+    assert time.perf_counter() - started < 5
+    assert [r["reject_reason"] for r in result] == ["html_too_deep", None]
+    assert result[0]["url"] == "http://a.test/deep" and "1000" in result[0]["reject_detail"]
