@@ -183,6 +183,7 @@ def test_two_rejects_at_one_offset_both_land(lake, tmp_path):
     # a 404 record followed by unparseable bytes in the same gzip member: two rejects at offset 0
     build_corpus(tmp_path)
     report = _ingest(lake, "warc", [tmp_path / "junk-after-a-reject.warc.gz"])
+    assert lake.count("web.rejects") == report.rejects, "both rejects landed"
     assert (report.records, report.rejects) == (3, 2)
     rejected = lake.read("web.rejects").to_pylist()
     assert sorted(r["reason"] for r in rejected) == ["http_status", "warc_malformed"]
