@@ -5,12 +5,20 @@ from __future__ import annotations
 import re
 
 import polars as pl
+import sqlglot
+from sqlglot import exp
 
 from catalog.store import Lakehouse
 from lake.errors import UsageError
 
-READ_ONLY_START = re.compile(r"^\s*(select|with|explain|show|describe|desc)\b", re.IGNORECASE)
 COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
+READ_STATEMENTS = {"SELECT", "WITH", "DESCRIBE", "DESC", "SHOW", "(", "VALUES"}
+WRITE_STATEMENTS = {
+    "INSERT", "UPDATE", "DELETE", "MERGE", "UPSERT", "REPLACE", "CREATE", "DROP", "ALTER", "TRUNCATE", "COPY",
+    "ATTACH", "DETACH", "SET", "GRANT", "REVOKE", "CALL", "EXPORT", "IMPORT", "INSTALL", "LOAD", "PRAGMA", "VACUUM",
+}  # fmt: skip
+# polars SQL's table functions (read_csv, read_parquet, read_json, read_ndjson, read_ipc, …) read any file
+FILE_FUNCTION = re.compile(r"^(read|scan)_", re.IGNORECASE)
 
 
 def referenced_tables(sql: str, known: list[str]) -> list[str]:
@@ -25,14 +33,48 @@ def referenced_tables(sql: str, known: list[str]) -> list[str]:
 
 
 def check_read_only(sql: str) -> str:
+    """The query without comments, if it is one read-only statement; a usage error otherwise."""
     text = COMMENTS.sub(" ", sql).strip().rstrip(";").strip()
     if not text:
         raise UsageError("empty query")
-    if ";" in text:
-        raise UsageError("one statement per query, please")
-    if not READ_ONLY_START.match(text):
+    first = text.split(None, 1)[0].upper()
+    first = "(" if first.startswith("(") else first
+    if first in WRITE_STATEMENTS:
         raise UsageError("lake query is read-only: only SELECT / WITH queries are allowed")
+    if first not in READ_STATEMENTS:
+        raise UsageError(f"SQL syntax error: a query starts with SELECT or WITH, not {first[:20]!r}")
+    statements = [s for s in _parse(text) if s is not None]
+    if len(statements) != 1:
+        raise UsageError("one statement per query, please")
     return text
+
+
+def _parse(text: str) -> list[exp.Expression | None]:
+    try:
+        return sqlglot.parse(text)
+    except sqlglot.errors.SqlglotError as exc:
+        raise UsageError(f"SQL syntax error: {str(exc).splitlines()[0][:200]}") from None
+
+
+def check_sources(text: str, known: list[str]) -> None:
+    """Only catalog tables (and the query's own CTEs) may be read: no table functions, paths or URIs."""
+    (tree,) = _parse(text)
+    if isinstance(tree, exp.Command):  # what sqlglot cannot read: only SHOW TABLES is known to be harmless
+        if text.upper().split() != ["SHOW", "TABLES"]:
+            raise UsageError(f"SQL syntax error: cannot read {text[:60]!r}")
+        return
+    ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+    for func in tree.find_all(exp.Func):
+        name = func.sql_name() if not isinstance(func, exp.Anonymous) else func.name
+        if FILE_FUNCTION.match(name or ""):
+            raise UsageError(f"lake query reads catalog tables only, not files ({name.lower()}(…))")
+    for table in tree.find_all(exp.Table):
+        if not isinstance(table.this, exp.Identifier):
+            raise UsageError(f"lake query reads catalog tables only; {table.this.sql()[:80]} is not one")
+        name = ".".join(part.name for part in table.parts)
+        if name in known or name.lower() in ctes:
+            continue
+        raise UsageError(f"unknown table {name[:120]}; known tables: {', '.join(known) or 'none yet'}")
 
 
 def run_query(lake: Lakehouse, sql: str, as_of: str | None = None) -> pl.DataFrame:
@@ -42,6 +84,7 @@ def run_query(lake: Lakehouse, sql: str, as_of: str | None = None) -> pl.DataFra
     """
     text = check_read_only(sql)
     known = lake.list_tables()
+    check_sources(text, known)
     tables = referenced_tables(text, known)
     if as_of is not None and str(as_of).strip().isdigit() and len(tables) > 1:
         raise UsageError("a snapshot id pins one table; use a tag or a timestamp for a multi-table query")

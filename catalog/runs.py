@@ -24,7 +24,9 @@ def record_run(
     status: str = "succeeded",
     mlflow_run_id: str | None = None,
     error: str | None = None,
+    part: int = 0,
 ) -> None:
+    """One row of ``lake.runs``; a run that commits in several groups records one row per ``part``."""
     lake.ensure_table(RUNS_TABLE, "runs")
     row = {
         "command": command,
@@ -39,7 +41,7 @@ def record_run(
         "error": error,
         "input_uri": None,
         "input_digest": run_id,
-        "record_key": "run",
+        "record_key": "run" if part == 0 else f"run#{part}",  # the row's identity: one per part
         "ingested_at": started_at,
         "run_id": run_id,
     }

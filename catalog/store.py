@@ -28,6 +28,7 @@ from pyiceberg.table import Table
 
 from catalog.schemas import KEY_COLUMNS, KIND_PROPERTY, schema_for
 from lake.errors import UsageError
+from lake.locks import first_use_lock
 
 IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
 COMMIT_ATTEMPTS = 8
@@ -85,7 +86,8 @@ class Lakehouse:
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
-            self._catalog = load_catalog(self.name, **self.catalog_kwargs)
+            with first_use_lock(self.catalog_kwargs.get("uri", "")):
+                self._catalog = load_catalog(self.name, **self.catalog_kwargs)
         return self._catalog
 
     # ---- identities ---------------------------------------------------------------------------------------
@@ -176,14 +178,23 @@ class Lakehouse:
 
     def add_columns(self, identifier: str, fields: Iterable[pa.Field]) -> Table:
         """Schema evolution: add new (nullable) columns; existing data files are not rewritten."""
-        table = self.table(identifier)
-        present = set(table.schema().column_names)
-        new = [f for f in fields if f.name not in present]
-        if new:
-            with table.update_schema() as update:
-                for f in new:
-                    update.union_by_name(pa.schema([f]))
-        return self.table(identifier)
+        fields = list(fields)
+        for attempt in range(COMMIT_ATTEMPTS):
+            table = self.table(identifier)
+            present = set(table.schema().column_names)
+            new = [f for f in fields if f.name not in present]
+            if not new:
+                return table
+            try:
+                with table.update_schema() as update:
+                    for f in new:
+                        update.union_by_name(pa.schema([f]))
+                return self.table(identifier)
+            except CommitFailedException:  # another writer evolved the schema first: re-read, re-check, retry
+                if attempt == COMMIT_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     # ---- snapshots, tags, time travel ---------------------------------------------------------------------
     def snapshots(self, identifier: str) -> list[SnapshotInfo]:
@@ -248,6 +259,13 @@ class Lakehouse:
         if snapshot_id is None:
             return table.schema().as_arrow().empty_table()
         return table.scan(snapshot_id=snapshot_id, selected_fields=columns).to_arrow()
+
+    def count_inputs(self, identifier: str, digests: list[str]) -> int:
+        """Rows of the current snapshot that came from the inputs with these ``input_digest`` values."""
+        table = self.table(identifier)
+        if table.current_snapshot() is None or not digests:
+            return 0
+        return table.scan(row_filter=In("input_digest", digests), selected_fields=KEY_COLUMNS).to_arrow().num_rows
 
     def count(self, identifier: str, as_of: str | int | None = None) -> int:
         table = self.table(identifier)

@@ -38,8 +38,9 @@ def absolutize(args: list[str], cwd: Path) -> list[str]:
     return out
 
 
-def submit(cfg: LakeConfig, args: list[str], working_dir: Path, echo=print) -> str:
-    """Submit ``args`` (starting with ``lake``) and follow it to the end; returns the terminal status."""
+def submit(cfg: LakeConfig, args: list[str], working_dir: Path, echo=print) -> tuple[str, int]:
+    """Submit ``args`` (starting with ``lake``) and follow it to the end; returns the terminal status and the
+    job's exit code (0 when it succeeded, 1 when it ended without one)."""
     if not args or args[0] != "lake":
         raise UsageError("lake submit runs lake commands: lake submit -- lake <command> ...")
     from ray.job_submission import JobSubmissionClient
@@ -65,10 +66,11 @@ def submit(cfg: LakeConfig, args: list[str], working_dir: Path, echo=print) -> s
     except Exception:  # log streaming is best effort; the status below is what counts
         pass
     status = _wait_terminal(client, job_id)
-    if status != "SUCCEEDED":
-        info = client.get_job_info(job_id)
-        echo(f"job {job_id} {status}: {(info.message or '').strip()[:300]}")
-    return status
+    if status == "SUCCEEDED":
+        return status, 0
+    info = client.get_job_info(job_id)
+    echo(f"job {job_id} {status}: {(info.message or '').strip()[:300]}")
+    return status, info.driver_exit_code or 1
 
 
 def _submit_with_retry(client, entrypoint: str, runtime_env: dict, wait_s: float = 60) -> str:

@@ -12,7 +12,8 @@
    from the heading of a trailing section (related links, author box, comment form) on, unless a dated list
    or a further story printed in full follows it.
 Pages over ``max_trafilatura_chars`` never fall back, so a huge page cannot stall a worker; pages over
-``max_html_chars`` are truncated first (and say so in ``extract_error``).
+``max_html_chars`` are truncated first (and say so in ``extract_error``); pages nested deeper than ``max_depth``
+are not extracted (``extract_error="html_too_deep"``), since resiliparse's time grows with the depth squared.
 
 Rows whose ``html`` is null but whose ``text`` is already set (WET records, JSONL text) keep that text
 (``extract_method="passthrough"``). Other methods: ``mainblock`` (step 1 only), ``trafilatura``,
@@ -30,6 +31,7 @@ import trafilatura
 from resiliparse.extract.html2text import extract_plain_text
 
 from operators.base import Operator, Resources, register, with_columns
+from operators.htmldepth import MAX_HTML_DEPTH, nests_deeper_than
 from operators.mainblock import DATE_RE, extract_main_block
 from operators.text import CJK_RE
 
@@ -167,6 +169,7 @@ class ExtractMainText(Operator):
         fast_fallback_chars: int = 300_000,
         max_html_chars: int = 5_000_000,
         max_trafilatura_chars: int = 2_000_000,
+        max_depth: int = MAX_HTML_DEPTH,
     ):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -189,6 +192,8 @@ class ExtractMainText(Operator):
         self.fast_fallback_chars = fast_fallback_chars
         self.max_html_chars = max_html_chars
         self.max_trafilatura_chars = max_trafilatura_chars
+        # resiliparse's time grows with the square of the nesting depth: deeper pages are not extracted
+        self.max_depth = max_depth
 
     def extract_one(
         self, html: str | None, url: str | None = None, text: str | None = None
@@ -202,6 +207,8 @@ class ExtractMainText(Operator):
         if len(html) > self.max_html_chars:
             html = html[: self.max_html_chars]
             errors.append("html_truncated")
+        if nests_deeper_than(html, self.max_depth):  # readers refuse such pages; other callers get no text
+            return "", None, "none", "html_too_deep"
         title = extract_title(html)
         if self.method == "resiliparse":
             return self._finish(_safe(resiliparse_text, errors, html), title, "resiliparse", errors)

@@ -9,7 +9,8 @@ bad data.
 
 Reasons: ``warc_truncated`` (gzip stream or record body cut short), ``warc_malformed`` (broken WARC or HTTP
 headers, corrupt gzip), ``http_status`` (not 2xx), ``non_html_payload``, ``empty_payload``,
-``payload_too_large``, ``decode_error`` (no charset decodes the bytes), ``json_malformed`` (JSON Lines only).
+``payload_too_large``, ``decode_error`` (no charset decodes the bytes), ``html_too_deep`` (elements nested
+deeper than any extractor can handle in bounded time), ``json_malformed`` (JSON Lines only).
 """
 
 from __future__ import annotations
@@ -18,16 +19,21 @@ import base64
 import codecs
 import gzip
 import hashlib
+import io
 import json
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import fsspec
 import pyarrow as pa
 from fastwarc.warc import ArchiveIterator, WarcRecord, WarcRecordType
 from resiliparse.parse.encoding import detect_encoding, map_encoding_to_html5
+
+from operators.htmldepth import MAX_HTML_DEPTH, nests_deeper_than
 
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
 HTML_MIME = frozenset({"text/html", "application/xhtml+xml"})
@@ -250,7 +256,14 @@ def _fill_html(row: dict, body: bytes, mime: str, header_charset: str | None, ma
             raise RejectError("non_html_payload", f"content type {mime or 'missing'!r}")
         row["content_type"] = "text/html"
     row["html"], row["charset"] = decode_html(body, header_charset)
+    _check_nesting(row["html"])
     return row
+
+
+def _check_nesting(html: str) -> None:
+    """Extractors take time quadratic in the nesting depth: a pathologically deep page is refused up front."""
+    if nests_deeper_than(html, MAX_HTML_DEPTH):
+        raise RejectError("html_too_deep", f"elements nested more than {MAX_HTML_DEPTH} deep")
 
 
 # --- WARC / WET -----------------------------------------------------------------------------------------
@@ -266,11 +279,11 @@ def _clean_url(uri: str | None) -> str | None:
     return uri or None
 
 
-def _warc_doc_row(record: WarcRecord, source_uri: str, max_bytes: int) -> dict:
+def _warc_doc_row(record: WarcRecord, source_uri: str, max_bytes: int, offset: int) -> dict:
     headers = record.headers
     row = _new_row(
         source_uri,
-        record.stream_pos,
+        offset,
         url=_clean_url(headers.get("WARC-Target-URI")),
         fetch_time=headers.get("WARC-Date"),  # kept raw: ClueWeb09 has dates like 2008-10-294T05:21:46-0700
     )
@@ -313,41 +326,248 @@ def _warc_doc_row(record: WarcRecord, source_uri: str, max_bytes: int) -> dict:
     return row
 
 
-def _break_row(source_uri: str, offset: int | None, exc: Exception) -> dict:
+TRUNCATION_WORDS = ("end of", "truncat", "eof", "cut short")
+
+
+def _break_row(source_uri: str, offset: int | None, exc: Exception | str) -> dict:
     message = str(exc) or type(exc).__name__
-    truncated = isinstance(exc, EOFError) or any(w in message.lower() for w in ("end of", "truncat", "eof"))
+    truncated = isinstance(exc, EOFError) or any(w in message.lower() for w in TRUNCATION_WORDS)
     reason = "warc_truncated" if truncated else "warc_malformed"
-    return _reject(_new_row(source_uri, offset), reason, f"stream broke after offset {offset}: {message}")
+    return _reject(_new_row(source_uri, offset), reason, f"unreadable bytes at offset {offset}: {message}")
+
+
+# A record whose own framing is broken (a lying Content-Length, a body cut short): the bytes after it are not
+# a record boundary, so reading must resynchronise at the next gzip member or WARC header.
+FRAMING_REASONS = frozenset({"warc_malformed", "warc_truncated"})
+GZIP_MAGIC = b"\x1f\x8b\x08"
+READ_CHUNK = 1 << 20
+_WARC_HEADER_START = re.compile(rb"(?:^|\n)(WARC/\d)")
+
+
+class GzipMember(io.RawIOBase):
+    """The decompressed bytes of one gzip member of ``raw``, inflated lazily (fastwarc reads it like a file).
+
+    Common Crawl and wget write one member per WARC record, so a member frames its record: a record whose
+    header lies about its length spoils only its own member, and the next member is the next record.
+    """
+
+    def __init__(self, raw: BinaryIO, offset: int, pending: bytes = b""):
+        self.offset = offset  # raw offset of the member's first byte
+        self.end: int | None = None  # raw offset just past the member, once inflated to its end
+        self.leftover = b""  # raw bytes read past the member: the start of the next one
+        self.error: str | None = None  # the member is corrupt or cut short
+        self.cut_short = False
+        self._raw, self._pending, self._pending_at = raw, pending, offset
+        self._inflate = zlib.decompressobj(31)
+        self._out, self._out_pos, self._out_at = b"", 0, 0  # _out_at: member position of _out[0]
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:  # fastwarc asks for the position; it never needs to go back far
+        return True
+
+    def tell(self) -> int:
+        return self._out_at + self._out_pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = offset + (self.tell() if whence == io.SEEK_CUR else 0)
+        if whence == io.SEEK_END or target < self._out_at:
+            raise io.UnsupportedOperation("a gzip member reads forward only")
+        while target > self._out_at + len(self._out) and not self.finished:
+            self._next_output()
+        self._out_pos = min(target - self._out_at, len(self._out))
+        return self.tell()
+
+    def _next_output(self) -> None:
+        self._out_at += len(self._out)
+        self._out, self._out_pos = self._inflate_step(), 0
+
+    @property
+    def finished(self) -> bool:
+        return self.end is not None or self.error is not None
+
+    def readinto(self, buffer) -> int:
+        while self._out_pos >= len(self._out) and not self.finished:
+            self._next_output()
+        n = min(len(buffer), len(self._out) - self._out_pos)
+        buffer[:n] = self._out[self._out_pos : self._out_pos + n]
+        self._out_pos += n
+        return n
+
+    def drain(self) -> None:
+        """Inflate (and discard) the rest of the member, so that ``end`` and ``leftover`` are known."""
+        while not self.finished:
+            self._inflate_step()
+
+    def _inflate_step(self) -> bytes:
+        if not self._pending:
+            self._pending = self._raw.read(READ_CHUNK)
+            if not self._pending:
+                self.error, self.cut_short = "gzip member cut short (end of file)", True
+                return b""
+        try:
+            out = self._inflate.decompress(self._pending, READ_CHUNK)
+        except zlib.error as exc:
+            self.error = f"corrupt gzip member: {exc}"
+            return b""
+        if self._inflate.eof:
+            rest = self._inflate.unused_data
+            self.end = self._pending_at + len(self._pending) - len(rest)
+            self.leftover, self._pending = rest, b""
+        else:
+            tail = self._inflate.unconsumed_tail
+            self._pending_at += len(self._pending) - len(tail)
+            self._pending = tail
+        return out
+
+
+def _is_gzip_warc_member(candidate: bytes) -> bool:
+    """Does ``candidate`` (raw bytes from a gzip magic on) inflate to the start of a WARC record?"""
+    try:
+        return zlib.decompressobj(31).decompress(candidate, 5) == b"WARC/"
+    except zlib.error:
+        return False
+
+
+def _scan(stream: BinaryIO, start: int, find) -> int | None:
+    """Raw offset of the first match of ``find(window) -> index | -1`` at or after ``start`` (None: none)."""
+    overlap = 64 * 1024
+    stream.seek(start)
+    window, window_at = b"", start
+    while True:
+        chunk = stream.read(READ_CHUNK)
+        window += chunk
+        index = find(window)
+        if index >= 0:
+            return window_at + index
+        if not chunk:
+            return None
+        drop = max(0, len(window) - overlap)
+        window, window_at = window[drop:], window_at + drop
+
+
+def _next_gzip_member(stream: BinaryIO, start: int) -> int | None:
+    """The first gzip member at or after ``start`` that holds a WARC record."""
+
+    def find(window: bytes) -> int:
+        at = window.find(GZIP_MAGIC)
+        while at >= 0:
+            if _is_gzip_warc_member(window[at : at + 4096]):
+                return at
+            at = window.find(GZIP_MAGIC, at + 1)
+        return -1
+
+    return _scan(stream, start, find)
+
+
+def _next_warc_header(stream: BinaryIO, start: int) -> int | None:
+    """The first line starting with ``WARC/<digit>`` at or after ``start`` (uncompressed files)."""
+
+    def find(window: bytes) -> int:
+        match = _WARC_HEADER_START.search(window)
+        return match.start(1) if match else -1
+
+    return _scan(stream, start, find)
+
+
+@dataclass
+class _Frame:
+    """Rows of one stretch of records read with one fastwarc iterator; ``broken_at``: where framing broke."""
+
+    records: int = 0
+    broken_at: int | None = None
+
+
+def _frame_rows(
+    data: BinaryIO, base: int, source_uri: str, max_bytes: int, frame: _Frame, error: Callable[[], str | None]
+) -> Iterator[dict]:
+    """Records of ``data`` (offsets relative to ``base``) until it ends or its framing breaks.
+
+    A record with a broken frame is one reject; bytes that fastwarc cannot parse after a good record are one
+    more (they may hold records that cannot be counted individually).
+    """
+    last_offset, last_broken = base, False
+    records = ArchiveIterator(data, parse_http=False, strict_mode=False)
+    try:
+        for record in records:
+            frame.records += 1
+            last_offset = base + record.stream_pos
+            if record.record_type in (WarcRecordType.response, WarcRecordType.conversion):
+                row = _warc_doc_row(record, source_uri, max_bytes, last_offset)
+                yield row
+                last_broken = row["reject_reason"] in FRAMING_REASONS
+            else:  # not a document, but read it through: a short body means its frame is broken
+                declared, read = record.content_length, record.reader.consume()
+                if read < declared:
+                    detail = f"{record.record_type} record has {read} of {declared} bytes"
+                    yield _break_row(source_uri, last_offset, EOFError(detail))
+                    last_broken = True
+            if last_broken:
+                frame.broken_at = last_offset
+                return
+    except Exception as exc:  # fastwarc raises OSError on headers it cannot parse: report, never raise
+        frame.broken_at = last_offset
+        if not last_broken:
+            yield _break_row(source_uri, last_offset, error() or exc)
+        return
+    if error() and not last_broken:  # the frame ended early (cut short or corrupt) after its last full record
+        frame.broken_at = last_offset
+        yield _break_row(source_uri, last_offset, error())
+
+
+def _gzip_rows(stream: BinaryIO, source_uri: str, max_bytes: int, frame: _Frame) -> Iterator[dict]:
+    """Member by member; a corrupt member is one reject and reading resumes at the next WARC member."""
+    member: GzipMember | None = GzipMember(stream, 0)
+    while member is not None:
+        yield from _frame_rows(member, member.offset, source_uri, max_bytes, frame, lambda m=member: m.error)
+        member.drain()
+        if member.cut_short:
+            return
+        if member.error is not None:
+            start = _next_gzip_member(stream, member.offset + 1)
+            if start is not None:
+                stream.seek(start)
+            member = None if start is None else GzipMember(stream, start)
+        else:
+            following = member.leftover or stream.read(READ_CHUNK)
+            member = GzipMember(stream, member.end, following) if following else None
+
+
+def _plain_rows(stream: BinaryIO, source_uri: str, max_bytes: int, frame: _Frame) -> Iterator[dict]:
+    """Uncompressed (or zstd/lz4, which fastwarc detects) WARC: after a broken record, resume at the next
+    ``WARC/`` header line."""
+    base = 0
+    while True:
+        stream.seek(base)
+        frame.broken_at = None
+        # fastwarc takes record positions from the stream's tell(): they are file offsets already
+        yield from _frame_rows(stream, 0, source_uri, max_bytes, frame, lambda: None)
+        if frame.broken_at is None:
+            return
+        resume = _next_warc_header(stream, frame.broken_at + 1)
+        if resume is None:
+            return
+        base = resume
 
 
 def iter_warc_records(path_or_url: str, max_payload_bytes: int = MAX_PAYLOAD_BYTES) -> Iterator[dict]:
     """Stream a WARC or WET file (plain or gzip; local path, ``s3://``, ``https://`` via fsspec) record by
     record.
     Yields one row per HTTP ``response`` and per WET ``conversion`` record; request, metadata, resource and
-    warcinfo records are not documents and are skipped. Only one record is in memory at a time. A file that is
-    cut short or corrupt yields its readable records and then one reject row for the break.
+    warcinfo records are not documents and are skipped. Only one record is in memory at a time. A record with a
+    broken header or a corrupt gzip member becomes one reject and reading resumes at the next gzip member (or
+    ``WARC/`` header line); a file that is cut short yields its readable records and then one reject.
     """
-    last_offset: int | None = None
-    seen_any = False
+    frame, rows = _Frame(), 0
     with fsspec.open(path_or_url, "rb") as stream:
-        # strict_mode=False: accept WARC/0.18 (ClueWeb09) and other lenient-parser cases.
-        records = ArchiveIterator(stream, parse_http=False, strict_mode=False)
-        try:
-            for record in records:
-                seen_any, last_offset = True, record.stream_pos
-                if record.record_type in (WarcRecordType.response, WarcRecordType.conversion):
-                    yield _warc_doc_row(record, path_or_url, max_payload_bytes)
-                    continue
-                # Not a document, but read it through: a body shorter than declared means the file ends here.
-                declared = record.content_length
-                read = record.reader.consume()
-                if read < declared:
-                    detail = f"{record.record_type} record has {read} of {declared} bytes"
-                    yield _break_row(path_or_url, last_offset, EOFError(detail))
-        except Exception as exc:  # fastwarc raises OSError on corrupt gzip / headers: report, never raise
-            yield _break_row(path_or_url, last_offset, exc)
-            return
-    if not seen_any:
+        gzipped = stream.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+        stream.seek(0)
+        reader = _gzip_rows if gzipped else _plain_rows
+        for row in reader(stream, path_or_url, max_payload_bytes, frame):
+            rows += 1
+            yield row
+    if not frame.records and not rows:
         yield _break_row(path_or_url, 0, ValueError("no WARC record found"))
 
 
@@ -430,6 +650,8 @@ def iter_jsonl(path: str, max_payload_bytes: int = MAX_PAYLOAD_BYTES) -> Iterato
                 yield _reject(row, "empty_payload", "no html or text", digest)
             elif len(data) > max_payload_bytes:
                 yield _reject(row, "payload_too_large", f"{len(data)} bytes > {max_payload_bytes}", digest)
+            elif field == "html" and nests_deeper_than(value, MAX_HTML_DEPTH):
+                yield _reject(row, "html_too_deep", f"elements nested more than {MAX_HTML_DEPTH} deep", digest)
             else:
                 row[field], row["doc_id"] = value, _doc_id(row, digest)
                 yield row

@@ -104,13 +104,27 @@ def read_input(item: dict) -> Iterator[dict]:
         rows = iter_html_dir(uri, item.get("urls_file"))
     else:
         rows = iter_jsonl(uri)
+    seen: set[str] = set()
     for row in rows:
         source = row.get("source_uri") or uri
         rel = source[len(uri) :].lstrip("/") if source.startswith(uri) else source
         row["input_uri"] = uri
         row["input_digest"] = item["digest"]
-        row["record_key"] = f"{rel}@{row.get('source_offset')}" if rel else str(row.get("source_offset"))
+        key = f"{rel}@{row.get('source_offset')}" if rel else str(row.get("source_offset"))
+        row["record_key"] = _unique_key(key, seen)
         yield row
+
+
+def _unique_key(key: str, seen: set[str]) -> str:
+    """``key``, or ``key#2``, ``#3``… when an earlier row of the input took it: the idempotent commit keeps one
+    row per key, so two records sharing an offset (two records in one gzip member, a record and the unreadable
+    bytes after it) would otherwise lose one silently."""
+    unique, n = key, 1
+    while unique in seen:
+        n += 1
+        unique = f"{key}#{n}"
+    seen.add(unique)
+    return unique
 
 
 def read_inputs(items: pa.Table, rows_per_batch: int = 256) -> Iterator[pa.Table]:
@@ -265,9 +279,9 @@ def ingest(
         from pipelines.ray_env import init_ray
 
         init_ray(cfg)
-    for start in range(0, len(todo), commit_every):
+    for group_index, start in enumerate(range(0, len(todo), commit_every)):
         group = todo[start : start + commit_every]
-        _ingest_group(lake, recipe, recipe_file, group, table, rejects_table, report, started_at)
+        _ingest_group(lake, recipe, recipe_file, group, group_index, table, rejects_table, report, started_at)
     report.seconds = time.perf_counter() - clock
     report.snapshot_id = lake.resolve_snapshot(table, None)
     return report
@@ -278,6 +292,7 @@ def _ingest_group(
     recipe: Recipe,
     recipe_file: str,
     group: list[Input],
+    group_index: int,
     table: str,
     rejects_table: str,
     report: IngestReport,
@@ -333,6 +348,9 @@ def _ingest_group(
     reject_rows = _rejects(rejected, table, report.run_id, now)
     lake.add_columns(rejects_table, reject_rows.schema)
     lake.append(rejects_table, reject_rows, snapshot_properties={"lake.run_id": report.run_id})
+    digests = [i.digest for i in group]
+    _check_landed(lake, table, digests, kept.num_rows)
+    _check_landed(lake, rejects_table, digests, rejected.num_rows)
 
     report.records += records
     report.documents += kept.num_rows
@@ -359,7 +377,16 @@ def _ingest_group(
         inputs=[{"uri": i.uri, "digest": i.digest} for i in group],
         counts=counts,
         snapshot_id=doc_result.snapshot_id,
+        part=group_index,
     )
+
+
+def _check_landed(lake: Lakehouse, table: str, digests: list[str], expected: int) -> None:
+    """Counts printed = counts in ``lake.runs`` = rows in the tables: fail the run before recording it if the
+    tables do not hold exactly the rows this group counted for its inputs."""
+    landed = lake.count_inputs(table, digests)
+    if landed != expected:
+        raise LakeError(f"accounting error: {table} holds {landed} rows of this run's inputs, counted {expected}")
 
 
 def _fault_point(name: str) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lake.config import LakeConfig
+from lake.locks import first_use_lock
 
 
 def _is_local_store(uri: str) -> bool:
@@ -60,7 +61,8 @@ def start_run(
     if cfg.is_embedded_catalog or _is_local_store(cfg.mlflow_uri_effective):
         Path(cfg.home).mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(cfg.mlflow_uri_effective)
-    experiment_id = _experiment_id(mlflow, cfg, experiment)
+    with first_use_lock(cfg.mlflow_uri_effective):  # the first access creates (migrates) the database
+        experiment_id = _experiment_id(mlflow, cfg, experiment)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         if params:
             mlflow.log_params({k: ("" if v is None else v) for k, v in params.items()})

@@ -86,6 +86,9 @@ def test_bad_input_is_one_line_and_exit_2(lake_env, data_dir):
     _usage_error(run_lake("catalog", "schema", "eval.nope", env=lake_env), "unknown table", "eval.x")
     _usage_error(run_lake("query", "SELEKT * FROM eval.x", env=lake_env))
     _usage_error(run_lake("query", "DELETE FROM eval.x", env=lake_env), "read-only")
+    _usage_error(run_lake("query", "SELEC * FRM", env=lake_env), "syntax error")
+    file_read = "SELECT * FROM read_csv('/etc/os-release', has_header => false)"
+    _usage_error(run_lake("query", file_read, env=lake_env), "catalog tables only")
     _usage_error(run_lake("import", "mc", "/no/such/file.csv", "--table", "eval.x", env=lake_env), "no such file")
     _usage_error(run_lake("import", "mc", csv, "--table", "notatable", env=lake_env), "NS.TABLE")
     _usage_error(run_lake("import", "sft", csv, "--table", "eval.x", env=lake_env), "holds 'mc' rows")

@@ -62,11 +62,11 @@ def test_submitted_import_job_lands_rows_in_the_catalog(cluster):
     assert json.loads(count.stdout) == [{"n": 10}], count.stderr
 
 
-def test_a_failing_job_fails_the_submit(cluster):
+def test_a_failing_job_fails_the_submit_with_its_exit_code(cluster):
     job = run_lake(
         "submit", "--", "lake", "query", "SELECT * FROM eval.does_not_exist", env=cluster, cwd=REPO, timeout=400
     )
-    assert job.returncode == 1
+    assert job.returncode == 2, "a usage error in the job is a usage error of the submit"
     assert "job FAILED" in job.stdout
 
 

@@ -52,9 +52,9 @@ def submit_command(obj: CliContext, command: tuple[str, ...]) -> None:
     """Run a lake command as a Ray job: lake submit -- lake import mc FILE --table eval.x"""
     from lake.jobs import submit
 
-    status = submit(obj.config, list(command), Path.cwd(), echo=click.echo)
+    status, exit_code = submit(obj.config, list(command), Path.cwd(), echo=click.echo)
     click.echo(f"job {status}")
-    sys.exit(0 if status == "SUCCEEDED" else 1)
+    sys.exit(exit_code)  # the job's own status: 2 for a usage error in the job, as if it had run here
 
 
 COMMANDS = [up_command, down_command, status_command, submit_command]

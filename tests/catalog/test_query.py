@@ -61,8 +61,10 @@ def test_writes_are_refused(sql):
 def test_unknown_table_names_known_ones_and_bad_sql_is_a_usage_error(two_tables):
     with pytest.raises(UsageError, match="known tables: a.one, b.two"):
         run_query(two_tables, "SELECT * FROM c.three")
-    with pytest.raises(UsageError, match="query failed"):
+    with pytest.raises(UsageError, match="syntax error"):
         run_query(two_tables, "SELECT FROM WHERE a.one")
+    with pytest.raises(UsageError, match="syntax error"):
+        run_query(two_tables, "SELEC * FRM")
     with pytest.raises(UsageError, match="nocolumn"):
         run_query(two_tables, "SELECT nocolumn FROM a.one")
 
@@ -72,3 +74,31 @@ def test_referenced_tables_ignores_lookalikes():
     assert referenced_tables('SELECT * FROM a.one, "b.two"', known) == ["a.one", "b.two"]
     assert referenced_tables("SELECT * FROM xa.one", known) == []
     assert referenced_tables("SELECT * FROM a.ones", known) == []
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "read_csv('/etc/os-release', has_header => false)",
+        "read_json('/etc/os-release')",
+        "read_ndjson('/etc/os-release')",
+        "read_parquet('/etc/os-release')",
+        "read_ipc('/etc/os-release')",
+        "'file:///etc/os-release'",
+        '"/etc/os-release"',
+    ],
+)
+def test_only_catalog_tables_can_be_read(two_tables, source):
+    for sql in (
+        f"SELECT * FROM {source}",
+        f"SELECT * FROM a.one JOIN {source} AS f ON true",
+        f"WITH f AS (SELECT * FROM {source}) SELECT * FROM f",
+        f"SELECT (SELECT count(*) FROM {source}) AS n FROM a.one",
+    ):
+        with pytest.raises(UsageError, match="catalog tables only|unknown table"):
+            run_query(two_tables, sql)
+
+
+def test_ctes_and_quoted_names_still_work(two_tables):
+    sql = 'WITH x AS (SELECT doc_id FROM "a.one") SELECT count(*) AS n FROM x JOIN b.two USING (doc_id)'
+    assert run_query(two_tables, sql)["n"][0] == 4

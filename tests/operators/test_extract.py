@@ -149,3 +149,19 @@ def test_trailing_sections_cut_unless_a_full_story_follows():
     links = "\n".join(f"Another headline number {i}" for i in range(5))
     assert cut_trailing_sections(f"{body}\nRelated articles\n{links}") == body
     assert cut_trailing_sections(f"{body}\nRelated articles\n{story}").endswith(story)
+
+
+@pytest.mark.parametrize("depth", [20_000, 100_000])
+def test_deep_nesting_is_refused_in_bounded_time(depth):
+    from malformed_warcs import deep_html_page
+
+    started = time.perf_counter()
+    text, _, method, error = ExtractMainText().extract_one(deep_html_page(depth).decode())
+    assert time.perf_counter() - started < 2, "resiliparse alone takes 9 s at 20k and 7 min at 100k"
+    assert (text, method, error) == ("", "none", "html_too_deep")
+
+
+def test_nesting_below_the_limit_still_extracts():
+    from malformed_warcs import deep_html_page
+
+    assert "deep" in ExtractMainText().extract_one(deep_html_page(200).decode())[0]

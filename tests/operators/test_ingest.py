@@ -5,7 +5,9 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import time
 
+import malformed_warcs
 import pytest
 
 from operators.ingest import (
@@ -140,19 +142,31 @@ def test_corrupt_gzip_yields_prefix_then_break(tmp_path):
     path = tmp_path / "corrupt.warc.gz"
     path.write_bytes(bytes(data))
     result = list(iter_warc_records(str(path)))
-    assert [r["reject_reason"] for r in result] == [None] * 5 + ["warc_malformed"]
+    # the corrupt member is the 6th response: one reject, then reading resumes at the next intact member
+    assert [r["reject_reason"] for r in result] == [None] * 5 + ["warc_malformed"] + [None] * 10
 
 
-def test_broken_warc_header_never_raises(tmp_path):
+def test_broken_warc_header_never_raises_and_reading_resumes(tmp_path):
     raw = gzip.decompress((WARC / "wget-2024-en-dolma-sample-0000.warc.gz").read_bytes())
     second = raw.find(b"WARC-Type: response", raw.find(b"WARC-Type: response") + 1)
     start = raw.find(b"Content-Length:", second)
     path = tmp_path / "bad.warc"
     path.write_bytes(raw[:start] + b"Content-Length: abc" + raw[raw.find(b"\r\n", start) :])
     result = list(iter_warc_records(f"file://{path}"))  # also checks the fsspec URL form
-    assert result[0]["reject_reason"] is None
-    assert [r["reject_reason"] for r in result[1:]] == ["warc_malformed", "warc_malformed"]
+    # uncompressed: the bad record is one reject, reading resumes at the next WARC/ header line
+    assert [r["reject_reason"] for r in result] == [None, "warc_malformed"] + [None] * 20
     assert "Content-Length" in result[1]["reject_detail"]
+
+
+@pytest.mark.parametrize("bad_length", ["abc", "10", "100000", "-5", ""])
+def test_bad_content_length_is_one_reject_and_the_next_members_are_read(tmp_path, bad_length):
+    path = tmp_path / "bad-length.warc.gz"
+    path.write_bytes(malformed_warcs.member_per_record(malformed_warcs.records(bad_index=1, bad_length=bad_length)))
+    result = list(iter_warc_records(str(path)))
+    assert [r["url"] for r in result] == [f"http://a.test/{i}" for i in range(10)]
+    assert [r["reject_reason"] is None for r in result] == [True, False] + [True] * 8
+    assert result[1]["reject_reason"] in ("warc_malformed", "warc_truncated")
+    assert len({r["source_offset"] for r in result}) == 10
 
 
 def test_payload_too_large_keeps_count():
@@ -238,3 +252,12 @@ def test_jsonl_reader(tmp_path):
     assert html_row["html"] == "<p>hi</p>" and html_row["content_type"] == "text/html"
     assert empty_row["reject_reason"] == "empty_payload"
     assert broken_row["reject_reason"] == "json_malformed"
+
+
+def test_deeply_nested_page_is_a_reject_in_bounded_time(tmp_path):
+    malformed_warcs.build_corpus(tmp_path)
+    started = time.perf_counter()
+    result = list(iter_warc_records(str(tmp_path / "deep-html.warc.gz")))
+    assert time.perf_counter() - started < 5
+    assert [r["reject_reason"] for r in result] == ["html_too_deep", None]
+    assert result[0]["url"] == "http://a.test/deep" and "1000" in result[0]["reject_detail"]

@@ -7,7 +7,9 @@ import json
 import uuid
 
 import pytest
+from malformed_warcs import build_corpus
 
+from conftest import run_lake
 from lake.config import load_config
 from pipelines.ingest import ingest
 
@@ -150,3 +152,50 @@ def test_jsonl_text_rows_keep_their_text(lake, tmp_path, data_dir):
     assert report.records == 21 and report.rejects_by_reason.get("json_malformed") == 1
     docs = lake.read("web.c4").to_pylist()
     assert docs and all(d["text"] in texts for d in docs)
+
+
+def _rows_per_input(lake, table: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in lake.read(table, columns=("input_uri",)).to_pylist():
+        name = row["input_uri"].rsplit("/", 1)[-1]
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def test_malformed_warc_corpus_printed_counts_equal_runs_and_table_rows(lake, lake_env, tmp_path):
+    expected = build_corpus(tmp_path / "corpus")
+    files = [str(tmp_path / "corpus" / name) for name in sorted(expected)]
+    result = run_lake("ingest", "warc", *files, "--format", "json", env=lake_env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = json.loads(result.stdout)
+    assert printed["records"] == sum(expected.values()) == printed["documents"] + printed["rejects"]
+
+    docs, rejects = _rows_per_input(lake, "web.documents"), _rows_per_input(lake, "web.rejects")
+    for name, records in expected.items():
+        assert docs.get(name, 0) + rejects.get(name, 0) == records, name
+    assert (lake.count("web.documents"), lake.count("web.rejects")) == (printed["documents"], printed["rejects"])
+    runs = [json.loads(r["counts"]) for r in lake.read("lake.runs").to_pylist() if r["command"] == "ingest"]
+    in_runs = {k: sum(c[k] for c in runs) for k in ("records", "documents", "rejects")}
+    assert in_runs == {k: printed[k] for k in ("records", "documents", "rejects")}
+
+
+def test_two_rejects_at_one_offset_both_land(lake, tmp_path):
+    # a 404 record followed by unparseable bytes in the same gzip member: two rejects at offset 0
+    build_corpus(tmp_path)
+    report = _ingest(lake, "warc", [tmp_path / "junk-after-a-reject.warc.gz"])
+    assert lake.count("web.rejects") == report.rejects, "both rejects landed"
+    assert (report.records, report.rejects) == (3, 2)
+    rejected = lake.read("web.rejects").to_pylist()
+    assert sorted(r["reason"] for r in rejected) == ["http_status", "warc_malformed"]
+    assert len({r["record_key"] for r in rejected}) == 2
+    (run,) = [json.loads(r["counts"]) for r in lake.read("lake.runs").to_pylist()]
+    assert run["rejects"] == lake.count("web.rejects") == 2
+
+
+def test_every_commit_group_records_its_run_row(lake, tmp_path):
+    build_corpus(tmp_path)
+    files = [tmp_path / "bad-length-abc.warc.gz", tmp_path / "corrupt-member.warc.gz"]
+    report = _ingest(lake, "warc", files, commit_every=1)
+    runs = [json.loads(r["counts"]) for r in lake.read("lake.runs").to_pylist()]
+    assert len(runs) == 2, "one row per commit group, all under one run id"
+    assert sum(r["records"] for r in runs) == report.records == 20
