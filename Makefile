@@ -32,6 +32,11 @@ demo: $(STAMP)
 	$(LAKE) --config $(DEMO)/lake.toml import text $(DATA)/text/*.txt $(DATA)/text/*.jsonl --table text.corpus
 	$(LAKE) --config $(DEMO)/lake.toml ingest warc $(DATA)/warc/*.warc.gz --recipe $(DEMO)/recipes/web.yaml
 	$(LAKE) --config $(DEMO)/lake.toml dedup web.documents
+	$(LAKE) --config $(DEMO)/lake.toml train tokenizer --table text.corpus --vocab-size 8000 --name lake-tok \
+		--eval zh="input_uri LIKE '%peoples_daily%'" --eval en="input_uri LIKE '%c4_demo%'"
+	$(LAKE) --config $(DEMO)/lake.toml train pretrain $(DEMO)/train/pretrain.yaml
+	$(LAKE) --config $(DEMO)/lake.toml lineage models:/tiny-web/1
+	$(LAKE) --config $(DEMO)/lake.toml models
 	$(LAKE) --config $(DEMO)/lake.toml catalog tables
 	$(LAKE) --config $(DEMO)/lake.toml query "SELECT lang, count(*) AS docs, sum(CASE WHEN gopher_reason IS NULL THEN 1 ELSE 0 END) AS gopher_ok FROM web.documents GROUP BY lang ORDER BY docs DESC"
 	$(LAKE) --config $(DEMO)/lake.toml query "SELECT split, count(*) AS items, count(DISTINCT subject) AS subjects FROM eval.cmmlu_dev GROUP BY split"
@@ -46,6 +51,7 @@ bench: $(STAMP)
 	$(PY) tests/benchmarks/extraction.py
 	$(PY) tests/benchmarks/curation.py --pages 6000 --files 8
 	$(PY) tests/benchmarks/dedup.py
+	$(PY) tests/benchmarks/pretrain.py
 
 clean:
 	rm -rf $(DEMO) lakehouse

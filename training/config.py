@@ -19,14 +19,22 @@ from lake.errors import UsageError
 
 
 @dataclass(kw_only=True)
+class SourceConfig:
+    table: str = ""
+    where: str | None = None
+    as_of: str | None = None
+
+
+@dataclass(kw_only=True)
 class DataConfig:
-    table: str = ""  # NS.TABLE to read
+    table: str = ""  # NS.TABLE to read (or several in `sources`)
     where: str | None = None  # SQL predicate over the table's columns and labels
     as_of: str | None = None  # snapshot id or tag; None pins the current snapshot when the job starts
     text_column: str = "text"
     id_column: str | None = None  # stable row id used for the held-out split; default: doc_id / first *_id column
     val_fraction: float = 0.02  # share of rows (by a hash of the row id) held out for validation
     val_max_tokens: int = 65536
+    sources: list[dict[str, Any]] = field(default_factory=list)  # more tables: [{table, where, as_of}, ...]
     shuffle: bool = True  # documents in a seeded hash order (a reproducible global shuffle); false: file order
 
 
@@ -84,8 +92,8 @@ class PretrainConfig:
             problems.append("name: the registered model name is required")
         if not self.tokenizer.startswith("models:/"):
             problems.append("tokenizer: give a registered tokenizer as models:/NAME/VERSION")
-        if not self.data.table:
-            problems.append("data.table: the NS.TABLE to train on is required")
+        if not self.data.table and not self.data.sources:
+            problems.append("data.table: the NS.TABLE to train on is required (or data.sources)")
         if not 0 <= self.data.val_fraction < 0.5:
             problems.append("data.val_fraction: must be in [0, 0.5)")
         o = self.optim
@@ -106,7 +114,14 @@ class PretrainConfig:
             problems.append("scaling.num_workers: must be at least 1")
         if problems:
             raise UsageError("; ".join(problems))
+        self.sources()  # unknown keys in data.sources fail here, before anything runs
         return self
+
+    def sources(self) -> list[SourceConfig]:
+        """Every table the job reads: ``data.table`` (if set) then ``data.sources``."""
+        first = [SourceConfig(table=self.data.table, where=self.data.where, as_of=self.data.as_of)]
+        more = [from_dict(SourceConfig, item, f"data.sources[{i}]") for i, item in enumerate(self.data.sources)]
+        return (first if self.data.table else []) + more
 
     def digest(self) -> str:
         """A short stable digest of everything that determines the run (its resume key)."""

@@ -171,7 +171,7 @@ class Tokenize:
 
 
 def build_dataset(
-    source: SnapshotSource,
+    sources: list[SnapshotSource],
     tokenizer_file: Path,
     split: str,
     val_fraction: float,
@@ -186,15 +186,19 @@ def build_dataset(
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # the data position counts documents in stream order
     # small CPU shares: the training workers hold most of a small machine, and reading must never starve
-    ds = ray.data.read_parquet(list(source.files), override_num_blocks=max(1, len(source.files)), num_cpus=0.25)
-    ds = ds.map_batches(
-        select_rows,
-        fn_kwargs={"source": source, "split": split, "val_fraction": val_fraction, "seed": shuffle_seed or 0},
-        batch_format="pyarrow",
-        batch_size=1024,
-        zero_copy_batch=True,
-        num_cpus=0.25,
-    )
+    parts = []
+    for source in sources:
+        part = ray.data.read_parquet(list(source.files), override_num_blocks=max(1, len(source.files)), num_cpus=0.25)
+        part = part.map_batches(
+            select_rows,
+            fn_kwargs={"source": source, "split": split, "val_fraction": val_fraction, "seed": shuffle_seed or 0},
+            batch_format="pyarrow",
+            batch_size=1024,
+            zero_copy_batch=True,
+            num_cpus=0.25,
+        )
+        parts.append(part)
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     if shuffle_seed is not None:
         ds = ds.sort("order")
     return ds.map_batches(

@@ -84,9 +84,8 @@ def lineage(cfg: LakeConfig, model_uri: str) -> list[dict[str, Any]]:
                 },
             )
         tags = ref.tags
-        if tags.get(registry.TAG_TABLE) and tags.get(registry.TAG_SNAPSHOT):
-            table, snapshot = tags[registry.TAG_TABLE], int(tags[registry.TAG_SNAPSHOT])
-            pending.append(lambda: walk_snapshot(table, snapshot, tags.get(registry.TAG_PREDICATE, "")))
+        for item in registry.datasets_of(tags):
+            pending.append(lambda d=item: walk_snapshot(d["table"], int(d["snapshot_id"]), d["predicate"]))
         if tags.get(registry.TAG_PARENT):
             pending.append(lambda: walk_version(tags[registry.TAG_PARENT]))
         if tags.get(registry.TAG_TOKENIZER):

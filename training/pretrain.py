@@ -71,9 +71,11 @@ def run_pretrain(cfg: LakeConfig, job: PretrainConfig, progress: bool = True, ec
     started = time.time()
     lake = Lakehouse.from_config(cfg)
     d = job.data
-    source = resolve_source(
-        lake, d.table, where=d.where, as_of=d.as_of, text_column=d.text_column, id_column=d.id_column
-    )
+    sources = [
+        resolve_source(lake, src.table, where=src.where, as_of=src.as_of, text_column=d.text_column,
+                       id_column=d.id_column)
+        for src in job.sources()
+    ]  # fmt: skip
     tok_ref = registry.resolve(cfg, job.tokenizer)
     if tok_ref.tags.get(registry.TAG_KIND) != "tokenizer":
         raise UsageError(f"{job.tokenizer} is not a tokenizer (registered by `lake train tokenizer`)")
@@ -88,9 +90,10 @@ def run_pretrain(cfg: LakeConfig, job: PretrainConfig, progress: bool = True, ec
     model_cfg = build_model_config(job, tokenizer.vocab_size, init_dir)
     check_memory(model_cfg, job)
 
-    run_key = f"{job.name}-{job.digest()}-{source.snapshot_id}"
+    snapshots = "-".join(str(src.snapshot_id) for src in sources)
+    run_key = f"{job.name}-{job.digest()}-{registry.short_digest(snapshots)}"
     mlflow_client = registry.client(cfg)
-    run_id, finished = find_or_create_run(cfg, job, source, tok_ref, run_key)
+    run_id, finished = find_or_create_run(cfg, job, sources, tok_ref, run_key)
     if finished:
         versions = registry.versions_of_run(cfg, run_id)
         if versions:
@@ -110,10 +113,10 @@ def run_pretrain(cfg: LakeConfig, job: PretrainConfig, progress: bool = True, ec
 
     tokenizer_file = tok_dir / "tokenizer.model"
     seed = job.optim.seed if d.shuffle else None
-    train_data = build_dataset(source, tokenizer_file, "train", d.val_fraction, shuffle_seed=seed)
+    train_data = build_dataset(sources, tokenizer_file, "train", d.val_fraction, shuffle_seed=seed)
     # the held-out slice is small (val_max_tokens): read once here, shipped to every worker with the plan
     val_rows, bytes_per_token = validation_windows(
-        build_dataset(source, tokenizer_file, "val", d.val_fraction, shuffle_seed=None).iter_batches(
+        build_dataset(sources, tokenizer_file, "val", d.val_fraction, shuffle_seed=None).iter_batches(
             batch_size=128, batch_format="numpy"
         ),
         job.model.seq_len,
@@ -156,7 +159,7 @@ def run_pretrain(cfg: LakeConfig, job: PretrainConfig, progress: bool = True, ec
         raise LakeError("training ended without a checkpoint")
     with result.checkpoint.as_directory() as ckpt:
         state = json.loads((Path(ckpt) / "trainer_state.json").read_text())
-        ref = publish_model(cfg, job, source, tok_ref, run_id, Path(ckpt), state)
+        ref = publish_model(cfg, job, sources, tok_ref, run_id, Path(ckpt), state)
     mlflow_client.set_terminated(run_id, status="FINISHED")
     ray.kill(events.actor)
     final = state.get("final_metrics", {})
@@ -227,7 +230,7 @@ def available_memory() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def find_or_create_run(cfg: LakeConfig, job: PretrainConfig, source: SnapshotSource, tok_ref, run_key: str):
+def find_or_create_run(cfg: LakeConfig, job: PretrainConfig, sources: list[SnapshotSource], tok_ref, run_key: str):
     """The MLflow run of this job: the unfinished one with the same key (a resume), or a new one."""
     import mlflow
 
@@ -245,29 +248,31 @@ def find_or_create_run(cfg: LakeConfig, job: PretrainConfig, source: SnapshotSou
         if runs:
             run = runs[0]
             return run.info.run_id, run.info.status == "FINISHED"
-    lineage = source.lineage()
-    tags = {
-        registry.TAG_KIND: "model",
-        registry.TAG_STAGE: "pretrain",
-        registry.TAG_TABLE: source.table,
-        registry.TAG_SNAPSHOT: str(source.snapshot_id),
-        registry.TAG_PREDICATE: source.predicate or "",
-        registry.TAG_TOKENIZER: tok_ref.uri,
-        registry.TAG_COMMIT: registry.code_commit(),
-        registry.TAG_RUN_KEY: run_key,
-    }
-    if job.model.init_from:
-        tags[registry.TAG_PARENT] = job.model.init_from
+    tags = lineage_tags(job, sources, tok_ref) | {registry.TAG_RUN_KEY: run_key}
     with start_run(cfg, EXPERIMENT, run_name=f"pretrain {job.name}", params=job.as_flat_params()) as run:
         mlflow.set_tags(tags)
-        registry.log_snapshot_input(source.table, source.snapshot_id, source.predicate, lineage)
+        for src in sources:
+            registry.log_snapshot_input(src.table, src.snapshot_id, src.predicate, src.lineage())
         run_id = run.info.run_id
     # start_run ended it FINISHED; it is RUNNING until the model is registered
     mlflow_client.update_run(run_id, status="RUNNING")
     return run_id, False
 
 
-def publish_model(cfg, job, source, tok_ref, run_id: str, ckpt: Path, state: dict) -> registry.ModelRef:
+def lineage_tags(job: PretrainConfig, sources: list[SnapshotSource], tok_ref) -> dict[str, str]:
+    """Tags that tie a run and its model version to the data, tokenizer, parent and code they came from."""
+    tags = registry.dataset_tags(sources) | {
+        registry.TAG_KIND: "model",
+        registry.TAG_STAGE: "pretrain",
+        registry.TAG_TOKENIZER: tok_ref.uri,
+        registry.TAG_COMMIT: registry.code_commit(),
+    }
+    if job.model.init_from:
+        tags[registry.TAG_PARENT] = job.model.init_from
+    return tags
+
+
+def publish_model(cfg, job, sources, tok_ref, run_id: str, ckpt: Path, state: dict) -> registry.ModelRef:
     """Log the checkpoint's model files (no optimizer state) to the run and register them."""
     import mlflow
 
@@ -279,19 +284,10 @@ def publish_model(cfg, job, source, tok_ref, run_id: str, ckpt: Path, state: dic
             if item.is_file() and (item.name in MODEL_FILES or item.name.startswith(("tokenizer", "special_tokens"))):
                 shutil.copy2(item, out / item.name)
         mlflow.MlflowClient(cfg.mlflow_uri_effective).log_artifacts(run_id, str(out), artifact_path="model")
-    tags = {
-        registry.TAG_KIND: "model",
-        registry.TAG_STAGE: "pretrain",
-        registry.TAG_TABLE: source.table,
-        registry.TAG_SNAPSHOT: source.snapshot_id,
-        registry.TAG_PREDICATE: source.predicate or "",
-        registry.TAG_TOKENIZER: tok_ref.uri,
-        registry.TAG_COMMIT: registry.code_commit(),
+    tags = lineage_tags(job, sources, tok_ref) | {
         "lake.tokens": state["tokens"] * job.scaling.num_workers,
         "lake.steps": state["step"],
     }
-    if job.model.init_from:
-        tags[registry.TAG_PARENT] = job.model.init_from
     return registry.register(cfg, job.name, run_id, "model", tags)
 
 

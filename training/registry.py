@@ -7,6 +7,8 @@ MLflow 3, shared/notes/stack.md §5); versions are normalised to ``int`` (a ``st
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import subprocess
@@ -23,6 +25,7 @@ TAG_STAGE = "lake.stage"  # tokenizer | pretrain | sft | ...
 TAG_TABLE = "lake.dataset.table"
 TAG_SNAPSHOT = "lake.dataset.snapshot_id"
 TAG_PREDICATE = "lake.dataset.predicate"
+TAG_DATASETS = "lake.datasets"  # JSON list of {table, snapshot_id, predicate} when a job reads several tables
 TAG_TOKENIZER = "lake.tokenizer"  # models:/NAME/V
 TAG_PARENT = "lake.parent"  # models:/NAME/V this one was derived from
 TAG_COMMIT = "lake.code_commit"
@@ -45,6 +48,7 @@ class ModelRef:
 
 def client(cfg: LakeConfig):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep stderr to our one-line messages
     import mlflow
     from mlflow import MlflowClient
 
@@ -115,6 +119,15 @@ def register(cfg: LakeConfig, name: str, run_id: str, artifact_path: str, tags: 
     return ModelRef(mv.name, int(mv.version), run_id, source, str_tags)
 
 
+def find_version(cfg: LakeConfig, name: str, run_key: str) -> ModelRef | None:
+    """The version of ``name`` whose ``lake.run_key`` tag is ``run_key`` (a job already done), if any."""
+    mlflow_client = client(cfg)
+    for mv in mlflow_client.search_model_versions(f"name = '{name}'"):
+        if (mv.tags or {}).get(TAG_RUN_KEY) == run_key:
+            return ModelRef(mv.name, int(mv.version), mv.run_id, mv.source, dict(mv.tags or {}))
+    return None
+
+
 def versions_of_run(cfg: LakeConfig, run_id: str) -> list[ModelRef]:
     mlflow_client = client(cfg)
     found = mlflow_client.search_model_versions(f"run_id = '{run_id}'")
@@ -148,6 +161,31 @@ def all_versions(cfg: LakeConfig) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+def dataset_tags(sources) -> dict[str, str]:
+    """Lineage tags for the snapshots a job read (``training.data.SnapshotSource``); the first also in the
+    single-table tags, which the MLflow UI shows as columns."""
+    first = sources[0]
+    tags = {TAG_TABLE: first.table, TAG_SNAPSHOT: str(first.snapshot_id), TAG_PREDICATE: first.predicate or ""}
+    if len(sources) > 1:
+        items = [{"table": s.table, "snapshot_id": s.snapshot_id, "predicate": s.predicate or ""} for s in sources]
+        tags[TAG_DATASETS] = json.dumps(items)
+    return tags
+
+
+def datasets_of(tags: dict[str, str]) -> list[dict]:
+    """The snapshots a version's tags name (inverse of ``dataset_tags``)."""
+    if tags.get(TAG_DATASETS):
+        return json.loads(tags[TAG_DATASETS])
+    if tags.get(TAG_TABLE) and tags.get(TAG_SNAPSHOT):
+        return [{"table": tags[TAG_TABLE], "snapshot_id": int(tags[TAG_SNAPSHOT]),
+                 "predicate": tags.get(TAG_PREDICATE, "")}]  # fmt: skip
+    return []
+
+
+def short_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def code_commit() -> str:

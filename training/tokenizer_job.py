@@ -8,6 +8,7 @@ validates on), ordered by a hash of their id and taken until ``sample_chars``. T
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +35,11 @@ class TokenizerJobResult:
     added_pieces: int | None
     chars_per_token: dict[str, float] = field(default_factory=dict)
     base_chars_per_token: dict[str, float] = field(default_factory=dict)
+    already_registered: bool = False
 
     def summary(self) -> str:
+        if self.already_registered:
+            return f"already registered: {self.model_uri} (same table snapshot and settings); nothing to do"
         parts = [f"registered {self.model_uri}: vocab {self.vocab_size:,}"]
         if self.added_pieces is not None:
             parts.append(f"{self.added_pieces:,} pieces added")
@@ -98,6 +102,7 @@ def run_tokenizer_job(
     sample_chars: int = 20_000_000,
     eval_slices: dict[str, str | None] | None = None,
     text_column: str = "text",
+    character_coverage: float = 0.9995,
 ) -> TokenizerJobResult:
     import mlflow
 
@@ -108,6 +113,14 @@ def run_tokenizer_job(
         raise UsageError("--vocab-size must be positive")
     lake = Lakehouse.from_config(cfg)
     source = resolve_source(lake, table, where=where, as_of=as_of, text_column=text_column)
+    inputs = [table, source.snapshot_id, where, vocab_size, expand, sample_chars, character_coverage]
+    inputs.append(sorted((eval_slices or {}).items()))
+    run_key = registry.short_digest(json.dumps(inputs, default=str))
+    done = registry.find_version(cfg, name, run_key)
+    if done is not None:  # the same tokenizer from the same snapshot: re-running registers nothing new
+        tags = done.tags
+        return TokenizerJobResult(done.uri, done.run_id or "", int(tags.get("lake.vocab_size", 0)), 0, 0, None,
+                                  already_registered=True)  # fmt: skip
     texts = sample_texts(lake, source, sample_chars)
     if not texts:
         raise UsageError(f"no training text left in {table} after holding out {HELD_OUT_FRACTION:.0%} of rows")
@@ -124,12 +137,12 @@ def run_tokenizer_job(
         try:
             if base_ref is not None:
                 base_dir = registry.download(cfg, base_ref, cfg.home / "cache" / "models")
-                info = expand_tokenizer(base_dir, texts, vocab_size, out)
+                info = expand_tokenizer(base_dir, texts, vocab_size, out, character_coverage=character_coverage)
                 added = info.added_pieces
                 base = load_tokenizer(base_dir)
                 base_cpt = {k: chars_per_token(base, v) for k, v in held.items() if v}
             else:
-                train_tokenizer(texts, vocab_size, out)
+                train_tokenizer(texts, vocab_size, out, character_coverage=character_coverage)
         except ValueError as exc:
             raise UsageError(str(exc).splitlines()[0]) from None
         tok = load_tokenizer(out)
@@ -150,6 +163,7 @@ def run_tokenizer_job(
                 registry.TAG_SNAPSHOT: source.snapshot_id,
                 registry.TAG_PREDICATE: where or "",
                 registry.TAG_COMMIT: registry.code_commit(),
+                registry.TAG_RUN_KEY: run_key,
                 "lake.vocab_size": tok.vocab_size,
             }
             if base_ref is not None:

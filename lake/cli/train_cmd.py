@@ -32,6 +32,14 @@ def train_group() -> None:
 )
 @click.option("--text-column", "text_column", default="text", show_default=True)
 @click.option(
+    "--character-coverage",
+    "character_coverage",
+    type=float,
+    default=0.9995,
+    show_default=True,
+    help="Share of characters that get their own piece; rarer ones fall back to bytes.",
+)
+@click.option(
     "--eval",
     "eval_slices",
     multiple=True,
@@ -41,7 +49,18 @@ def train_group() -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @pass_ctx
 def tokenizer_command(
-    obj: CliContext, table, where, as_of, vocab_size, name, expand, sample_chars, text_column, eval_slices, fmt
+    obj: CliContext,
+    table,
+    where,
+    as_of,
+    vocab_size,
+    name,
+    expand,
+    sample_chars,
+    text_column,
+    character_coverage,
+    eval_slices,
+    fmt,
 ) -> None:
     """Train (or expand) a sentencepiece BPE tokenizer with byte fallback on a pinned snapshot. Example:
 
@@ -61,6 +80,7 @@ def tokenizer_command(
         sample_chars=sample_chars,
         eval_slices=parse_eval_slices(eval_slices),
         text_column=text_column,
+        character_coverage=character_coverage,
     )
     if fmt == "json":
         emit_json(dataclasses.asdict(result))
