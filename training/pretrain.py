@@ -20,7 +20,6 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,9 @@ class PretrainResult:
     def summary(self) -> str:
         if self.already_registered:
             return f"already trained: {self.model_uri} (run {self.run_id}); nothing to do"
-        ppl = f"val ppl {self.val_ppl_before:.1f} -> {self.val_ppl_after:.1f}" if self.val_ppl_after else "no val"
+        ppl = "no validation"
+        if self.val_ppl_after:
+            ppl = f"val ppl {self.val_ppl_before:.1f} -> {self.val_ppl_after:.1f}, {self.val_bpb_after:.3f} bits/byte"
         resumed = f", resumed at step {self.resumed_from_step}" if self.resumed_from_step else ""
         return (
             f"{self.steps} steps, {self.tokens:,} tokens in {self.seconds:.1f}s "
@@ -67,7 +68,8 @@ class PretrainResult:
 
 
 # ---- driver ---------------------------------------------------------------------------------------------------
-def run_pretrain(cfg: LakeConfig, job: PretrainConfig, progress: bool = True, echo: Callable = print):
+def run_pretrain(cfg: LakeConfig, job: PretrainConfig, progress: bool = True) -> PretrainResult:
+    """Train ``job`` (or resume it, or report it done) and register the model; see the module docstring."""
     started = time.time()
     lake = Lakehouse.from_config(cfg)
     d = job.data
@@ -105,8 +107,6 @@ def run_pretrain(cfg: LakeConfig, job: PretrainConfig, progress: bool = True, ec
     # a local Ray gets room for the data pipeline beside the workers (Ray Data's file listing alone asks 1 CPU)
     init_ray(cfg, num_cpus=max(os.cpu_count() or 1, math.ceil(s.num_workers * s.cpus_per_worker) + 2))
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
 
     from training.data import build_dataset, validation_windows
@@ -135,22 +135,7 @@ def run_pretrain(cfg: LakeConfig, job: PretrainConfig, progress: bool = True, ec
         "bytes_per_token": bytes_per_token,
         "special_ids": {"bos": tokenizer.bos_id, "eos": tokenizer.eos_id, "pad": tokenizer.pad_id},
     }
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config=plan,
-        scaling_config=ScalingConfig(
-            num_workers=s.num_workers,
-            use_gpu=s.gpus_per_worker > 0,
-            resources_per_worker={"CPU": s.cpus_per_worker} | ({"GPU": s.gpus_per_worker} if s.gpus_per_worker else {}),
-        ),
-        run_config=RunConfig(
-            name=run_key,
-            storage_path=str(cfg.train_storage_effective),
-            failure_config=FailureConfig(max_failures=s.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
-        datasets={"train": train_data},
-    )
+    trainer = _trainer(cfg, job, plan, run_key, train_data)
     result, last = _fit_with_progress(trainer, events, job.optim.max_steps, progress)
     if result.error is not None:
         mlflow_client.set_terminated(run_id, status="FAILED")
@@ -175,6 +160,30 @@ def run_pretrain(cfg: LakeConfig, job: PretrainConfig, progress: bool = True, ec
         tokens_per_s=last.get("train/tokens_per_s"),
         data_wait_frac=last.get("train/data_wait_frac"),
         resumed_from_step=state.get("resumed_from_step", 0),
+    )
+
+
+def _trainer(cfg: LakeConfig, job: PretrainConfig, plan: dict, run_key: str, train_data):
+    """Ray Train V2: the run name is the resume key, so the same job finds its own checkpoints again."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    s = job.scaling
+    return TorchTrainer(
+        train_worker,
+        train_loop_config=plan,
+        scaling_config=ScalingConfig(
+            num_workers=s.num_workers,
+            use_gpu=s.gpus_per_worker > 0,
+            resources_per_worker={"CPU": s.cpus_per_worker} | ({"GPU": s.gpus_per_worker} if s.gpus_per_worker else {}),
+        ),
+        run_config=RunConfig(
+            name=run_key,
+            storage_path=str(cfg.train_storage_effective),
+            failure_config=FailureConfig(max_failures=s.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={"train": train_data},
     )
 
 

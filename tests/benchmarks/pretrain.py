@@ -128,14 +128,23 @@ def main() -> None:
     tokens = torch.tensor([i for row in ids for i in row], dtype=torch.long)
     model_cfg = ModelConfig.preset(args.size, tokenizer.vocab_size, max_seq_len=max(1024, args.seq_len))
     steps = 4 * args.steps
-    plain = plain_loop_tokens_per_s(model_cfg, tokens, args.seq_len, args.batch, steps, warmup_steps=3)
-    hf = hf_loop_tokens_per_s(model_cfg, tokens, args.seq_len, args.batch, steps, warmup_steps=3)
+    # the baselines run before and after ours and are averaged: load on a shared machine drifts over minutes
+    baselines = {"plain": [], "hf": []}
+
+    def measure_baselines() -> None:
+        for name, loop in (("plain", plain_loop_tokens_per_s), ("hf", hf_loop_tokens_per_s)):
+            baselines[name].append(loop(model_cfg, tokens, args.seq_len, args.batch, steps, warmup_steps=3))
+
+    measure_baselines()
 
     rss = {}
     for label, n in (("n", args.steps), ("4n", 4 * args.steps)):
         path = root / f"{label}.yaml"
         path.write_text(yaml.safe_dump(job(f"bench-{label}", args, n)))
         wall, rss[label] = run_with_peak_rss(env, "train", "pretrain", str(path))
+    measure_baselines()
+    plain = statistics.mean(r["tokens_per_s"] for r in baselines["plain"])
+    hf = statistics.mean(r["tokens_per_s"] for r in baselines["hf"])
 
     client = registry.client(cfg)
     run_id = registry.resolve(cfg, "models:/bench-4n/1").run_id
@@ -157,11 +166,12 @@ def main() -> None:
         "corpus_tokens": int(tokens.numel()),
         "steps": steps,
         "tokens_per_s": round(ours, 1),
-        "plain_tokens_per_s": round(plain["tokens_per_s"], 1),
-        "hf_tokens_per_s": round(hf["tokens_per_s"], 1),
-        "ratio_plain": round(ours / plain["tokens_per_s"], 3),
-        "ratio_hf": round(ours / hf["tokens_per_s"], 3),
-        "model_ratio_hf": round(plain["tokens_per_s"] / hf["tokens_per_s"], 3),
+        "plain_tokens_per_s": round(plain, 1),
+        "hf_tokens_per_s": round(hf, 1),
+        "baseline_runs": {k: [round(r["tokens_per_s"], 1) for r in v] for k, v in baselines.items()},
+        "ratio_plain": round(ours / plain, 3),
+        "ratio_hf": round(ours / hf, 3),
+        "model_ratio_hf": round(plain / hf, 3),
         "data_wait_frac": round(statistics.median(waits), 4),
         "data_wait_frac_max": round(max(waits), 4),
         "val_ppl_before": round(val[0][1], 1),

@@ -64,24 +64,6 @@ def _check(steps: int, warmup_steps: int) -> None:
         raise ValueError(f"need steps >= 1 and warmup_steps >= 0, got {steps}, {warmup_steps}")
 
 
-def plain_loop_tokens_per_s(
-    cfg: ModelConfig,
-    tokens: torch.Tensor,
-    seq_len: int,
-    batch_size: int,
-    steps: int,
-    warmup_steps: int = 2,
-    lr: float = 3e-4,
-    seed: int = 0,
-) -> dict:
-    """Our LlamaModel, fp32, single process: {"tokens_per_s", "step_s", "final_loss"} over `steps` timed steps."""
-    _check(steps, warmup_steps)
-    batches = make_batches(tokens, seq_len, batch_size, warmup_steps + steps, seed)
-    torch.manual_seed(seed)
-    model = LlamaModel(cfg, seed=seed)
-    return _timed_loop(model, model, batches, warmup_steps, lr)
-
-
 def hf_llama(cfg: ModelConfig, seed: int = 0) -> torch.nn.Module:
     """transformers.LlamaForCausalLM of cfg (sdpa attention), same initial weights as LlamaModel(cfg, seed)."""
     import transformers
@@ -94,7 +76,8 @@ def hf_llama(cfg: ModelConfig, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def hf_loop_tokens_per_s(
+def loop_tokens_per_s(
+    implementation: str,
     cfg: ModelConfig,
     tokens: torch.Tensor,
     seq_len: int,
@@ -104,9 +87,25 @@ def hf_loop_tokens_per_s(
     lr: float = 3e-4,
     seed: int = 0,
 ) -> dict:
-    """The same loop as plain_loop_tokens_per_s with transformers' LlamaForCausalLM (sdpa, no KV cache)."""
+    """The same fp32 single-process loop over the same batches with ``implementation`` "ours" (LlamaModel) or "hf"
+    (transformers' LlamaForCausalLM, sdpa, no KV cache): {"tokens_per_s", "step_s", "final_loss"}."""
     _check(steps, warmup_steps)
     batches = make_batches(tokens, seq_len, batch_size, warmup_steps + steps, seed)
     torch.manual_seed(seed)
-    model = hf_llama(cfg, seed)
-    return _timed_loop(model, lambda x: model(input_ids=x, use_cache=False).logits, batches, warmup_steps, lr)
+    if implementation == "hf":
+        model = hf_llama(cfg, seed)
+        return _timed_loop(model, lambda x: model(input_ids=x, use_cache=False).logits, batches, warmup_steps, lr)
+    model = LlamaModel(cfg, seed=seed)
+    return _timed_loop(model, model, batches, warmup_steps, lr)
+
+
+def plain_loop_tokens_per_s(cfg: ModelConfig, tokens: torch.Tensor, seq_len: int, batch_size: int, steps: int,
+                            **kwargs) -> dict:  # fmt: skip
+    """Our LlamaModel in the plain loop (the nanoGPT baseline)."""
+    return loop_tokens_per_s("ours", cfg, tokens, seq_len, batch_size, steps, **kwargs)
+
+
+def hf_loop_tokens_per_s(cfg: ModelConfig, tokens: torch.Tensor, seq_len: int, batch_size: int, steps: int,
+                         **kwargs) -> dict:  # fmt: skip
+    """transformers' LlamaForCausalLM in the same loop."""
+    return loop_tokens_per_s("hf", cfg, tokens, seq_len, batch_size, steps, **kwargs)

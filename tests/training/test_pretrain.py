@@ -192,6 +192,29 @@ def test_lineage_reaches_the_raw_files(home):
     assert {(m["name"], m["kind"]) for m in models} >= {("tok", "tokenizer"), ("killed", "model")}
 
 
+def test_expanded_tokenizer_continues_a_checkpoint_with_grown_embeddings(home):
+    job = _job("grown", max_steps=2, eval_every=2, checkpoint_every=2)
+    job["tokenizer"] = "models:/tok-zh/1"
+    job["model"]["init_from"] = "models:/killed/1"
+    path = home["root"] / "grown.yaml"
+    path.write_text(yaml.safe_dump(job))
+    result = run_lake("train", "pretrain", str(path), env=home["env"], cwd=home["root"], timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    version = _mlflow(home).get_model_version("grown", "1")
+    assert version.tags["lake.parent"] == "models:/killed/1"
+    expanded_vocab = int(_mlflow(home).get_model_version("tok-zh", "1").tags["lake.vocab_size"])
+    from lake.config import load_config
+    from training import registry
+
+    cfg = load_config(env=home["env"])
+    folder = registry.download(cfg, registry.resolve(cfg, "models:/grown/1"), home["root"] / "dl")
+    assert json.loads((folder / "config.json").read_text())["vocab_size"] == expanded_vocab > 4000
+    nodes = json.loads(
+        run_lake("lineage", "models:/grown/1", "--format", "json", env=home["env"], cwd=home["root"]).stdout
+    )
+    assert [n["name"] for n in nodes if n["kind"] == "model"] == ["grown", "killed"]
+
+
 def test_rerunning_a_finished_job_registers_nothing_new(home):
     again = run_lake("train", "pretrain", str(home["root"] / "straight.yaml"), env=home["env"], cwd=home["root"])
     assert again.returncode == 0, again.stderr
