@@ -145,6 +145,7 @@ def run_pretrain(cfg: LakeConfig, job: PretrainConfig, progress: bool = True) ->
     with result.checkpoint.as_directory() as ckpt:
         state = json.loads((Path(ckpt) / "trainer_state.json").read_text())
         ref = publish_model(cfg, job, sources, tok_ref, run_id, Path(ckpt), state)
+    log_loss_curve(mlflow_client, run_id)
     mlflow_client.set_terminated(run_id, status="FINISHED")
     ray.kill(events.actor)
     final = state.get("final_metrics", {})
@@ -298,6 +299,28 @@ def publish_model(cfg, job, sources, tok_ref, run_id: str, ckpt: Path, state: di
         "lake.steps": state["step"],
     }
     return registry.register(cfg, job.name, run_id, "model", tags)
+
+
+def log_loss_curve(mlflow_client, run_id: str) -> None:
+    """Training and validation loss by step, as ``loss.png`` in the run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, style in (("train/loss", "-"), ("val/loss", "o-")):
+        points = sorted((m.step, m.value) for m in mlflow_client.get_metric_history(run_id, key))
+        if points:
+            ax.plot(*zip(*points, strict=True), style, label=key, markersize=4)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    try:
+        mlflow_client.log_figure(run_id, fig, "loss.png")
+    finally:
+        plt.close(fig)
 
 
 def _fit_with_progress(trainer, events, total_steps: int, progress: bool):
