@@ -44,19 +44,29 @@ def _timed_loop(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     model.train()
     loss = torch.tensor(float("nan"))
+    step_times = []
     t0 = time.perf_counter()
     for step, (x, y) in enumerate(batches):
         if step == warmup_steps:
             t0 = time.perf_counter()
+        started = time.perf_counter()
         logits = logits_fn(x)
         loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if step >= warmup_steps:
+            step_times.append(time.perf_counter() - started)
     elapsed = time.perf_counter() - t0
     timed = len(batches) - warmup_steps
     tokens = timed * batches[0][0].numel()
-    return {"tokens_per_s": tokens / elapsed, "step_s": elapsed / timed, "final_loss": float(loss.item())}
+    return {
+        "tokens_per_s": tokens / elapsed,
+        "step_s": elapsed / timed,
+        "step_times": step_times,
+        "tokens_per_step": batches[0][0].numel(),
+        "final_loss": float(loss.item()),
+    }
 
 
 def _check(steps: int, warmup_steps: int) -> None:
