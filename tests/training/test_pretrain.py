@@ -193,7 +193,7 @@ def test_lineage_reaches_the_raw_files(home):
 
 
 def test_expanded_tokenizer_continues_a_checkpoint_with_grown_embeddings(home):
-    job = _job("grown", max_steps=2, eval_every=2, checkpoint_every=2)
+    job = _job("grown", max_steps=3, warmup_steps=1, eval_every=3, checkpoint_every=3)
     job["tokenizer"] = "models:/tok-zh/1"
     job["model"]["init_from"] = "models:/killed/1"
     path = home["root"] / "grown.yaml"
