@@ -7,6 +7,7 @@ import os
 import sys
 
 from lake.config import LakeConfig
+from lake.services import use_ray_auth
 
 
 def init_ray(cfg: LakeConfig, num_cpus: int | None = None) -> None:
@@ -16,7 +17,7 @@ def init_ray(cfg: LakeConfig, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     # stack.md §3: Ray 2.60 decides token auth from ~/.ray/auth_token unless told; decide explicitly
-    os.environ.setdefault("RAY_AUTH_MODE", cfg.ray_auth_mode)
+    use_ray_auth(cfg)
     # stack.md §3: inside a Ray job driver, ray.init() can invalidate the cwd; keep it and restore it
     here = os.getcwd()
     # "local" starts a private cluster even when another one runs on this machine (address=None would join it)

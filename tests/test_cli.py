@@ -127,6 +127,8 @@ def test_config_precedence_and_init(lake_env, tmp_path):
     kept = _ok(run_lake("init", "cfg", env=lake_env))
     assert "kept" in kept, "init does not overwrite without --force"
     _usage_error(run_lake("--config", "missing.toml", "config", env=env), "missing.toml")
+    _usage_error(run_lake("config", env=env | {"LAKE_RAY_HOST": "example.org"}), "IP address")
+    _usage_error(run_lake("config", env=env | {"LAKE_RAY_WORKER_NODES": "-1"}), "ray_worker_nodes")
 
 
 def test_ingest_cli_prints_json_and_logs_the_funnel_to_mlflow(lake_env, data_dir, tmp_path):
