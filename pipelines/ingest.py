@@ -13,7 +13,7 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -251,8 +251,12 @@ def ingest(
     recipe_path: str | None = None,
     urls_file: str | None = None,
     commit_every: int = 32,
+    open_mlflow_run: Callable[[IngestReport], str] | None = None,
 ) -> IngestReport:
-    """Ingest ``paths`` (WARC/WET files, one HTML directory, or JSONL files) into ``table``."""
+    """Ingest ``paths`` (WARC/WET files, one HTML directory, or JSONL files) into ``table``.
+
+    ``open_mlflow_run`` is called once, before the first commit; the run id it returns is recorded in
+    ``lake.runs``."""
     if kind not in ("warc", "html", "jsonl"):
         raise UsageError(f"unknown ingest kind {kind!r}; one of warc, html, jsonl")
     parse_identifier(table)
@@ -281,7 +285,9 @@ def ingest(
         init_ray(cfg)
     for group_index, start in enumerate(range(0, len(todo), commit_every)):
         group = todo[start : start + commit_every]
-        _ingest_group(lake, recipe, recipe_file, group, group_index, table, rejects_table, report, started_at)
+        _ingest_group(
+            lake, recipe, recipe_file, group, group_index, table, rejects_table, report, started_at, open_mlflow_run
+        )
     report.seconds = time.perf_counter() - clock
     report.snapshot_id = lake.resolve_snapshot(table, None)
     return report
@@ -297,6 +303,7 @@ def _ingest_group(
     rejects_table: str,
     report: IngestReport,
     started_at: datetime,
+    open_mlflow_run: Callable[[IngestReport], str] | None,
 ) -> None:
     import ray
 
@@ -340,6 +347,8 @@ def _ingest_group(
     if kept.num_rows + rejected.num_rows != records:  # the nothing-lost invariant, checked every group
         raise LakeError(f"accounting error: {records} records != {kept.num_rows} kept + {rejected.num_rows} rejected")
 
+    if open_mlflow_run is not None and report.mlflow_run_id is None:
+        report.mlflow_run_id = open_mlflow_run(report)
     now = datetime.now(UTC)
     documents = _documents(kept, report.run_id, now)
     lake.add_columns(table, [f for f in documents.schema if f.name not in ("ingested_at",)])
@@ -377,6 +386,7 @@ def _ingest_group(
         inputs=[{"uri": i.uri, "digest": i.digest} for i in group],
         counts=counts,
         snapshot_id=doc_result.snapshot_id,
+        mlflow_run_id=report.mlflow_run_id,
         part=group_index,
     )
 

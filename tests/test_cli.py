@@ -146,7 +146,9 @@ def test_ingest_cli_prints_json_and_logs_the_funnel_to_mlflow(lake_env, data_dir
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
     run = client.get_run(report["mlflow_run_id"])
-    assert run.data.metrics["records"] == 16
+    assert run.data.metrics["records"] == 16 and run.info.status == "FINISHED"
+    runs = run_lake("query", "SELECT mlflow_run_id FROM lake.runs", "--format", "json", env=lake_env, cwd=tmp_path)
+    assert json.loads(_ok(runs)) == [{"mlflow_run_id": run.info.run_id}], "lake.runs names the MLflow run"
     assert {a.path for a in client.list_artifacts(run.info.run_id, "charts")} == {
         "charts/funnel.png",
         "charts/languages.png",
