@@ -13,6 +13,7 @@ import hashlib
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -315,22 +316,28 @@ def _ingest_group(
     # context when it is created, so setting it here affects only this one.
     context = ray.data.DataContext.get_current()
     saved_block_bytes, context.target_max_block_size = context.target_max_block_size, BLOCK_BYTES
-    dataset = (
-        ray.data.from_items(items, override_num_blocks=len(items))
-        # reading is light next to extraction; zero CPUs keeps it from fusing into (and serialising) the actors,
-        # so one big input still feeds every actor
-        .map_batches(read_inputs, batch_size=1, batch_format="pyarrow", num_cpus=0)
-        .map_batches(
-            RecipeRunner,
-            fn_constructor_kwargs={"recipe_path": recipe_file},
-            batch_format="pyarrow",
-            batch_size=BATCH_ROWS,
-            # two actors from the start: a pool of one only grows after a backlog, and each new actor pays for
-            # loading its models; bigger clusters grow the pool up to every CPU
-            compute=ray.data.ActorPoolStrategy(min_size=min(2, cpus), max_size=cpus),
-            num_cpus=1,
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        dataset = (
+            ray.data.from_items(items, override_num_blocks=len(items))
+            # reading is light next to extraction; zero CPUs keeps it from fusing into (and serialising) the actors,
+            # so one big input still feeds every actor
+            .map_batches(read_inputs, batch_size=1, batch_format="pyarrow", num_cpus=0)
+            .map_batches(
+                RecipeRunner,
+                fn_constructor_kwargs={"recipe_path": recipe_file},
+                batch_format="pyarrow",
+                batch_size=BATCH_ROWS,
+                # two actors from the start: a pool of one only grows after a backlog, and each new actor pays for
+                # loading its models; bigger clusters grow the pool up to every CPU
+                compute=ray.data.ActorPoolStrategy(min_size=min(2, cpus), max_size=cpus),
+                num_cpus=1,
+                # Ray Data restarts dead actors by default, and Ray logs an error per actor because the constructor
+                # arguments sit in the object store; a dead actor fails the run instead (nothing is committed for the
+                # group, and the re-run resumes). Ray 2.60 has no named parameter for it yet, hence the filter above.
+                max_restarts=0,
+            )
         )
-    )
     context.target_max_block_size = saved_block_bytes
     kept_parts, reject_parts = [], []
     for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):

@@ -138,6 +138,7 @@ def test_ingest_cli_prints_json_and_logs_the_funnel_to_mlflow(lake_env, data_dir
         "ingest", "warc", *files, "--recipe", "cfg/recipes/web.yaml", "--format", "json", env=lake_env, cwd=tmp_path
     )
     report = json.loads(_ok(result).strip().splitlines()[-1])
+    assert result.stderr == "", "Ray, Ray Data and MLflow stay quiet on a good run"
     assert report["records"] == 16 == report["documents"] + report["rejects"]
     assert report["stages"]["ingest"]["rows_in"] == 16 and "language_id" in report["stages"]
     assert report["languages"]["zh"] >= 8
