@@ -191,3 +191,28 @@ def test_submit_without_a_cluster_is_a_clear_error(lake_env):
     assert "no Ray cluster at http://127.0.0.1:8299" in result.stderr and "Traceback" not in result.stderr
     wrong = run_lake("submit", "--", "python", "-c", "print(1)", env=env, cwd=REPO)
     assert wrong.returncode == 2
+
+
+def test_submit_uploads_code_and_config_but_no_data_or_state(tmp_path):
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    from lake.config import load_config
+    from lake.jobs import upload_excludes
+
+    work = tmp_path / "work"
+    small = {"lake.toml": "[lake]\n", "recipes/web.yaml": "operators: []\n", "ops/custom.py": "X = 1\n"}
+    big = ["in.warc.gz", ".demo/a.warc", ".bench/venv/x.py", "models/lid.176.ftz", "notes/dump.txt", "home/catalog.db"]
+    for name in [*small, *big]:
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text(small.get(name) or "x" * 2_000_000)
+    (work / ".gitignore").write_text("scratch/\n")
+    (work / "scratch").mkdir()
+    (work / "scratch/tmp.py").write_text("")
+    cfg = load_config(env={"LAKE_HOME": str(work / "home")})
+    package = tmp_path / "package.zip"
+    # Ray's own packaging (what JobSubmissionClient uploads), with the excludes `lake submit` passes
+    create_package(str(work), package, include_gitignore=True, excludes=upload_excludes(cfg, work))
+    shipped = {n for n in zipfile.ZipFile(package).namelist() if not n.endswith("/")}
+    assert shipped == {*small, ".gitignore"}, shipped
