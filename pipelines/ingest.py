@@ -392,7 +392,8 @@ def _ingest_group(
         started_at=started_at,
         inputs=[{"uri": i.uri, "digest": i.digest} for i in group],
         counts=counts,
-        snapshot_id=doc_result.snapshot_id,
+        # a re-run after a crash adds no rows: it vouches for the snapshot the crashed run left
+        snapshot_id=doc_result.snapshot_id or lake.resolve_snapshot(table, None),
         mlflow_run_id=report.mlflow_run_id,
         part=group_index,
     )

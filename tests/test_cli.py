@@ -62,8 +62,10 @@ def test_acceptance_cmmlu_dev_import_query_and_time_travel(lake_env, data_dir):
         "table": "eval.cmmlu_dev",
         "rows": later,
         "snapshot_id": snaps[1]["snapshot_id"],
+        "note": "",
     }
     assert {"eval.rejects", "lake.runs"} <= set(by_name)
+    assert all(t["note"] == "" for t in tables), "every table's current snapshot is vouched for by lake.runs"
 
     csv_out = _ok(
         run_lake(
