@@ -4,7 +4,9 @@ Labels such as ``dup_cluster_id`` are new columns on existing rows. Iceberg cann
 a labelling pipeline (1) adds the columns through schema evolution (``Lakehouse.add_columns``: old data files are
 untouched and old snapshots keep reading as before), then (2) writes the labelled rows as one new snapshot that
 replaces the rows it was computed from. The rows travel as a Ray Dataset, written by Ray's Iceberg datasink from
-the workers: nothing is collected on the driver.
+the workers: nothing is collected on the driver. The replacement is one ``overwrite`` snapshot: Ray's own
+OVERWRITE commits a delete snapshot and then an append snapshot, so the log would show a state no reader should
+see (the table without the rows) as a version of its own.
 
 The replacement is guarded: if the table moved past ``base_snapshot_id`` while the labels were computed (a
 concurrent append), the write is refused instead of silently dropping the newcomer's rows.
@@ -72,18 +74,10 @@ def rewrite_with_columns(
 
     Returns the new current snapshot id.
     """
-    from ray.data import SaveMode
-
     _check_base(lake, identifier, base_snapshot_id)
     lake.add_columns(identifier, list(new_fields))
     _check_base(lake, identifier, base_snapshot_id)
-    rows.write_iceberg(
-        table_identifier=identifier,
-        catalog_kwargs={"name": lake.name, **lake.catalog_kwargs},
-        mode=SaveMode.OVERWRITE,
-        overwrite_filter=only_rows,
-        snapshot_properties=snapshot_properties or {},
-    )
+    _overwrite(lake, identifier, rows, snapshot_properties, only_rows)
     return lake.resolve_snapshot(identifier, None)
 
 
@@ -98,11 +92,19 @@ def append_dataset(lake: Lakehouse, identifier: str, rows, snapshot_properties: 
 
 def replace_dataset(lake: Lakehouse, identifier: str, rows, snapshot_properties: dict[str, str] | None = None) -> None:
     """Replace every row of a derived table with a Ray Dataset."""
+    _overwrite(lake, identifier, rows, snapshot_properties)
+
+
+def _overwrite(lake: Lakehouse, identifier: str, rows, snapshot_properties: dict[str, str] | None, only_rows=None):
     from ray.data import SaveMode
 
-    rows.write_iceberg(
+    from catalog.one_snapshot_sink import OneSnapshotOverwrite
+
+    sink = OneSnapshotOverwrite(
         table_identifier=identifier,
         catalog_kwargs={"name": lake.name, **lake.catalog_kwargs},
         mode=SaveMode.OVERWRITE,
+        overwrite_filter=only_rows,
         snapshot_properties=snapshot_properties or {},
     )
+    rows.write_datasink(sink)

@@ -59,3 +59,26 @@ def committed_inputs(lake: Lakehouse, target_table: str, command: str) -> set[st
         if run["command"] == command and run["target_table"] == target_table and run["status"] == "succeeded"
         for item in run["inputs"] or []
     }
+
+
+def unrecorded_snapshot(lake: Lakehouse, table: str) -> dict | None:
+    """The current snapshot of ``table`` when no ``lake.runs`` row vouches for it, else None.
+
+    A run commits its tables one after the other and records itself in ``lake.runs`` last (Iceberg has no
+    transaction across tables), so a driver killed in between leaves rows visible that no run accounts for; the
+    re-run completes them. Readers see that gap here: the snapshot carries the run's ``lake.run_id`` but no run row
+    for this table names it.
+    """
+    snapshot = lake.table(table).current_snapshot()
+    run_id = snapshot.summary.additional_properties.get("lake.run_id") if snapshot and snapshot.summary else None
+    if run_id is None or not lake.exists(RUNS_TABLE):
+        return {"snapshot_id": snapshot.snapshot_id, "run_id": run_id} if run_id else None
+    runs = lake.read(RUNS_TABLE, columns=("run_id", "target_table", "snapshot_id", "status")).to_pylist()
+    mine = [r for r in runs if r["target_table"] == table and r["status"] == "succeeded"]
+    if any(r["snapshot_id"] == snapshot.snapshot_id for r in mine):
+        return None
+    of_run = [r for r in runs if r["run_id"] == run_id]
+    # a run's side tables (rejects, signatures) are vouched for by its rows for the table it targets
+    if of_run and not any(r["target_table"] == table for r in of_run):
+        return None
+    return {"snapshot_id": snapshot.snapshot_id, "run_id": run_id}

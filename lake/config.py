@@ -9,6 +9,7 @@ a cluster is a matter of setting ``RAY_ADDRESS``, ``LAKE_CATALOG_URI`` (REST or 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -35,9 +36,12 @@ class LakeConfig:
     ray_dashboard_url: str = ""
     ray_port: int = 6390
     ray_dashboard_port: int = 8265
-    ray_worker_nodes: int = 1
-    ray_cpus_per_node: int = 1
+    # `lake up` starts one node bound to loopback; worker nodes or a routable host open the cluster (see ray_open)
+    ray_worker_nodes: int = 0
+    ray_host: str = "127.0.0.1"
+    ray_cpus_per_node: int = 2
     ray_object_store_mb: int = 1024
+    # for a loopback cluster; an open one always uses token auth (ray_auth_mode_effective)
     ray_auth_mode: str = "disabled"
     mlflow_tracking_uri: str = ""
     mlflow_port: int = 5055
@@ -81,7 +85,29 @@ class LakeConfig:
             return self.ray_dashboard_url
         if self.ray_address.startswith("http"):
             return self.ray_address
-        return f"http://127.0.0.1:{self.ray_dashboard_port}"
+        return f"http://{self.ray_host}:{self.ray_dashboard_port}"
+
+    @property
+    def ray_open(self) -> bool:
+        """Whether `lake up` starts a cluster reachable beyond loopback: Ray refuses extra nodes on a loopback-only
+        head, and once it allows them it binds the machine's routable address."""
+        return self.ray_worker_nodes > 0 or not ipaddress.ip_address(self.ray_host).is_loopback
+
+    @property
+    def ray_auth_mode_effective(self) -> str:
+        return "token" if self.ray_open else self.ray_auth_mode
+
+    @property
+    def ray_auth_token_path(self) -> Path:
+        # our own token: Ray's default (~/.ray/auth_token) is shared by every Ray on the machine
+        return self.run_dir / "ray_auth_token"
+
+    def ray_auth_env(self) -> dict[str, str]:
+        """What every Ray process and client of this configuration needs to agree on authentication."""
+        env = {"RAY_AUTH_MODE": self.ray_auth_mode_effective}
+        if env["RAY_AUTH_MODE"] == "token":
+            env["RAY_AUTH_TOKEN_PATH"] = str(self.ray_auth_token_path)
+        return env
 
     @property
     def is_embedded_catalog(self) -> bool:
@@ -103,9 +129,8 @@ class LakeConfig:
             "LAKE_CATALOG_URI": self.catalog_uri_effective,
             "LAKE_WAREHOUSE": self.warehouse_effective,
             "MLFLOW_TRACKING_URI": self.mlflow_uri_effective,
-            "RAY_AUTH_MODE": self.ray_auth_mode,
             "LAKE_TRAIN_STORAGE": self.train_storage_effective,
-        }
+        } | self.ray_auth_env()
         return env
 
     def as_dict(self) -> dict[str, Any]:
@@ -132,6 +157,7 @@ ENV_VARS: dict[str, str] = {
     "LAKE_RAY_PORT": "ray_port",
     "LAKE_RAY_DASHBOARD_PORT": "ray_dashboard_port",
     "LAKE_RAY_WORKER_NODES": "ray_worker_nodes",
+    "LAKE_RAY_HOST": "ray_host",
     "LAKE_RAY_CPUS_PER_NODE": "ray_cpus_per_node",
     "LAKE_RAY_OBJECT_STORE_MB": "ray_object_store_mb",
     "RAY_AUTH_MODE": "ray_auth_mode",
@@ -152,6 +178,7 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("ray", "port"): "ray_port",
     ("ray", "dashboard_port"): "ray_dashboard_port",
     ("ray", "worker_nodes"): "ray_worker_nodes",
+    ("ray", "host"): "ray_host",
     ("ray", "cpus_per_node"): "ray_cpus_per_node",
     ("ray", "object_store_mb"): "ray_object_store_mb",
     ("ray", "auth_mode"): "ray_auth_mode",
@@ -213,5 +240,11 @@ def load_config(config_file: str | Path | None = None, env: dict[str, str] | Non
             values[name] = env[var]
     coerced = {k: (_coerce(k, v) if k not in ("catalog_properties", "source") else v) for k, v in values.items()}
     cfg = LakeConfig(**coerced)
+    try:
+        ipaddress.ip_address(cfg.ray_host)
+    except ValueError:
+        raise UsageError(f"config ray_host: expected an IP address of this machine, got {cfg.ray_host!r}") from None
+    if cfg.ray_worker_nodes < 0:
+        raise UsageError(f"config ray_worker_nodes: expected 0 or more, got {cfg.ray_worker_nodes}")
     # absolute paths so that subprocesses and Ray jobs (which run elsewhere) see the same state
     return dataclasses.replace(cfg, home=cfg.home.resolve(), data_dir=cfg.data_dir.resolve())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import fnmatch
+import os
 import shlex
 import time
 from pathlib import Path
@@ -10,20 +12,26 @@ from pathlib import Path
 from lake.config import LakeConfig
 from lake.errors import LakeError, UsageError
 
-# never shipped with the working directory: state, environments, caches, model files
+# Never shipped with the working directory (Ray also applies its .gitignore and .rayignore): state, environments,
+# caches, demo and benchmark homes, data and model files. A job needs code, config and recipes; the inputs named on
+# its command line are passed as absolute paths (or URLs) and read where they are.
 WORKING_DIR_EXCLUDES = [
     ".venv",
     "lakehouse",
     ".git",
+    ".demo",
+    ".bench",
     "**/__pycache__",
-    "*.pt",
-    "*.safetensors",
-    "*.bin",
     ".pytest_cache",
     ".ruff_cache",
     "mlruns",
+    "mlartifacts",
     "*.egg-info",
+    *(f"*.{ext}" for ext in ("pt", "pth", "ckpt", "safetensors", "bin", "ftz", "gguf", "onnx", "model")),
+    *(f"*.{ext}" for ext in ("gz", "zst", "bz2", "xz", "zip", "tar", "warc", "wet", "parquet", "arrow", "db")),
 ]
+# anything else this big is data, not what a job runs: left out too
+MAX_UPLOAD_FILE_BYTES = 1024 * 1024
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -46,11 +54,7 @@ def submit(cfg: LakeConfig, args: list[str], working_dir: Path, echo=print) -> t
     from ray.job_submission import JobSubmissionClient
 
     entrypoint = shlex.join([args[0], *absolutize(args[1:], working_dir)])
-    excludes = list(WORKING_DIR_EXCLUDES)
-    try:
-        excludes.append(str(cfg.home.relative_to(working_dir.resolve())))
-    except ValueError:
-        pass
+    excludes = upload_excludes(cfg, working_dir)
     try:
         client = JobSubmissionClient(cfg.dashboard_url_effective)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -71,6 +75,28 @@ def submit(cfg: LakeConfig, args: list[str], working_dir: Path, echo=print) -> t
     info = client.get_job_info(job_id)
     echo(f"job {job_id} {status}: {(info.message or '').strip()[:300]}")
     return status, info.driver_exit_code or 1
+
+
+def upload_excludes(cfg: LakeConfig, working_dir: Path) -> list[str]:
+    """Ray ``excludes`` for the working directory: the fixed patterns, the lake home, and every other file over
+    ``MAX_UPLOAD_FILE_BYTES`` (by its path, anchored at the working directory)."""
+    excludes = list(WORKING_DIR_EXCLUDES)
+    root = working_dir.resolve()
+    try:
+        excludes.append(f"/{cfg.home.relative_to(root)}")
+    except ValueError:
+        pass
+
+    def excluded(name: str) -> bool:
+        return any(fnmatch.fnmatch(name, p.removeprefix("**/")) for p in WORKING_DIR_EXCLUDES)
+
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not excluded(d) and Path(folder) / d != cfg.home]
+        for name in files:
+            path = Path(folder) / name
+            if not excluded(name) and path.is_file() and path.stat().st_size > MAX_UPLOAD_FILE_BYTES:
+                excludes.append(f"/{path.relative_to(root).as_posix()}")
+    return excludes
 
 
 def _submit_with_retry(client, entrypoint: str, runtime_env: dict, wait_s: float = 60) -> str:

@@ -1,4 +1,8 @@
-"""The local services behind ``lake up``: a Ray cluster (head + worker nodes) and an MLflow tracking server.
+"""The local services behind ``lake up``: a Ray cluster and an MLflow tracking server.
+
+By default the cluster is one node and every listener is on 127.0.0.1. Worker nodes (``[ray] worker_nodes``) or a
+routable ``[ray] host`` open it: Ray then listens on the machine's address, so token authentication is forced on,
+with a token of this lake home (``LakeConfig.ray_auth_token_path``), never the machine-wide ``~/.ray`` one.
 
 Each service runs in the foreground of its own process group (``ray start --block``, ``mlflow server``) so that
 its pid file under ``LAKE_HOME/run`` names the whole group and ``lake down`` can stop exactly what ``lake up``
@@ -8,10 +12,12 @@ started, leaving other Ray or MLflow processes on the machine alone. Logs go to 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,25 +70,29 @@ def services(cfg: LakeConfig) -> list[Service]:
             _bin("ray"),
             "start",
             "--head",
+            # in an open cluster Ray replaces a loopback address by the routable one
             "--node-ip-address",
-            "127.0.0.1",
+            cfg.ray_host,
             "--port",
             str(cfg.ray_port),
+            # Ray's default (10001) would collide with any other head on this machine
+            "--ray-client-server-port",
+            str(cfg.ray_dashboard_port + 9),
             "--include-dashboard",
             "true",
             "--dashboard-host",
-            "127.0.0.1",
+            cfg.ray_host,
             "--dashboard-port",
             str(cfg.ray_dashboard_port),
             *agent_ports(0),
             *common,
         ],
-        health_url=f"http://127.0.0.1:{cfg.ray_dashboard_port}/api/version",
+        health_url=f"{_dashboard(cfg)}/api/version",
     )
     workers = [
         Service(
             f"ray-worker-{i}",
-            [_bin("ray"), "start", "--address", f"127.0.0.1:{cfg.ray_port}", *agent_ports(i), *common],
+            [_bin("ray"), "start", "--address", head_address(cfg), *agent_ports(i), *common],
         )
         for i in range(1, cfg.ray_worker_nodes + 1)
     ]
@@ -106,6 +116,35 @@ def services(cfg: LakeConfig) -> list[Service]:
         health_url=f"http://127.0.0.1:{cfg.mlflow_port}/health",
     )
     return [head, *workers, mlflow]
+
+
+def head_address(cfg: LakeConfig) -> str:
+    return f"{cfg.ray_host}:{cfg.ray_port}"
+
+
+def use_ray_auth(cfg: LakeConfig, environ: dict | os._Environ = os.environ) -> None:
+    """Put this configuration's Ray authentication into ``environ``, creating the token when it is needed: with
+    RAY_AUTH_MODE=token and no token, Ray would write one to ~/.ray."""
+    auth = cfg.ray_auth_env()
+    if "RAY_AUTH_TOKEN_PATH" in auth:
+        _ensure_token(cfg.ray_auth_token_path)
+    environ.update(auth)
+
+
+def _ensure_token(path: Path) -> None:
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_hex(32))
+    try:
+        os.link(tmp, path)  # atomic, and the first of two racing processes wins
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
 
 
 def _pid_file(cfg: LakeConfig, name: str) -> Path:
@@ -138,18 +177,37 @@ def running_pid(cfg: LakeConfig, name: str) -> int | None:
     return pid if _alive(pid) else None
 
 
-def _http_ok(url: str, timeout: float = 2.0) -> bool:
+def _http_get(url: str, cfg: LakeConfig, timeout: float = 2.0) -> tuple[int, bytes] | None:
+    """Status and body of a GET to one of our services (None: nothing answers)."""
+    request = urllib.request.Request(url)
+    if url.startswith(_dashboard(cfg)) and cfg.ray_auth_mode_effective == "token":
+        request.add_header("Authorization", f"Bearer {cfg.ray_auth_token_path.read_text().strip()}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback only
-            return response.status == 200
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - our own services
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
     except OSError:
-        return False
+        return None
+
+
+def _http_ok(url: str, cfg: LakeConfig) -> bool:
+    answer = _http_get(url, cfg)
+    return answer is not None and answer[0] == 200
+
+
+def _dashboard(cfg: LakeConfig) -> str:
+    return f"http://{cfg.ray_host}:{cfg.ray_dashboard_port}"
 
 
 def service_env(cfg: LakeConfig) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["RAY_AUTH_MODE"] = cfg.ray_auth_mode
+    use_ray_auth(cfg, env)
+    if not cfg.ray_open:
+        # keeps Ray from replacing 127.0.0.1 by the routable address (and binding GCS on *); it also refuses a
+        # second node, which a loopback cluster has none of
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     env.pop("RAY_ADDRESS", None)  # the head must not try to join another cluster
     return env
@@ -159,11 +217,10 @@ def _ray_nodes_alive(cfg: LakeConfig) -> int:
     """Alive nodes as the dashboard reports them (0 when it does not answer)."""
     import json
 
-    url = f"http://127.0.0.1:{cfg.ray_dashboard_port}/nodes?view=summary"
+    answer = _http_get(f"{_dashboard(cfg)}/nodes?view=summary", cfg, timeout=3)
     try:
-        with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 - loopback only
-            data = json.loads(response.read())
-    except (OSError, ValueError):
+        data = json.loads(answer[1]) if answer and answer[0] == 200 else {}
+    except ValueError:
         return 0
     summary = data.get("data", {}).get("summary", [])
     return sum(1 for node in summary if node.get("raylet", {}).get("state") == "ALIVE")
@@ -194,7 +251,7 @@ def up(cfg: LakeConfig, echo=print) -> None:
         if pid is not None:
             echo(f"{svc.name}: already running (pid {pid})")
             continue
-        if svc.health_url and _http_ok(svc.health_url):
+        if svc.health_url and _http_get(svc.health_url, cfg) is not None:
             raise UsageError(f"{svc.name}: port of {svc.health_url} is taken by a process lake did not start")
         log = cfg.log_dir / f"{svc.name}.log"
         with open(log, "ab") as out:
@@ -209,7 +266,7 @@ def up(cfg: LakeConfig, echo=print) -> None:
             )
         _pid_file(cfg, svc.name).write_text(f"{proc.pid}\n")
         if svc.health_url:
-            _wait(lambda url=svc.health_url: _http_ok(url), svc.name, proc.pid, log)
+            _wait(lambda url=svc.health_url: _http_ok(url, cfg), svc.name, proc.pid, log)
         if svc.name.startswith("ray"):
             _wait(lambda n=expected_nodes: _ray_nodes_alive(cfg) >= n, svc.name, proc.pid, log)
         echo(f"{svc.name}: started (pid {proc.pid}, log {log})")
@@ -258,10 +315,10 @@ def status(cfg: LakeConfig) -> list[dict]:
     rows = []
     for svc in services(cfg):
         pid = running_pid(cfg, svc.name)
-        ready = bool(pid) and (_http_ok(svc.health_url) if svc.health_url else True)
+        ready = bool(pid) and (_http_ok(svc.health_url, cfg) if svc.health_url else True)
         row = {"service": svc.name, "pid": pid, "state": "running" if ready else ("starting" if pid else "stopped")}
         if svc.name == "ray-head":
-            row["address"] = f"127.0.0.1:{cfg.ray_port}"
+            row["address"] = head_address(cfg)
             row["endpoint"] = cfg.dashboard_url_effective
             row["detail"] = f"{_ray_nodes_alive(cfg)} node(s) alive" if ready else ""
         elif svc.name == "mlflow":

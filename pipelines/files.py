@@ -42,6 +42,9 @@ def check_inputs(paths: list[str]) -> list[str]:
     if not paths:
         raise UsageError("no input files given")
     missing = [p for p in paths if not is_remote(p) and not Path(p).is_file()]
+    folders = [p for p in missing if Path(p).is_dir()]
+    if folders:  # no implicit walk: which files of a folder are inputs is the user's choice (a shell glob)
+        raise UsageError(f"{folders[0]} is a directory; name the files in it, e.g. {folders[0].rstrip('/')}/*.gz")
     if missing:
         raise UsageError(
             f"no such file: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")

@@ -83,6 +83,15 @@ def _sft_row(messages: list[dict], fmt: str, tools: str | None = None, category:
     }
 
 
+def _non_text(value: dict, *names: str) -> Reject | None:
+    """A field that is present but not a string is a reject that says so: dropping or coercing it would import
+    a different example than the file holds."""
+    for name in names:
+        if value.get(name) is not None and not isinstance(value[name], str):
+            return Reject("non_text_field", f"{name} is {type(value[name]).__name__}: {value[name]!r}"[:200])
+    return None
+
+
 def _sharegpt_messages(turns) -> list[dict] | Reject:
     if not isinstance(turns, list) or not turns:
         return Reject("empty_conversation")
@@ -114,6 +123,8 @@ def convert_sft(value: dict | str, context: dict) -> Converted:
             _sft_row(messages, "sharegpt", tools if isinstance(tools, str) else json.dumps(tools) if tools else None)
         ]
     if "instruction" in value and "output" in value:  # Alpaca
+        if bad := _non_text(value, "instruction", "input", "output", "system"):
+            return bad
         prompt = "\n\n".join(p for p in (_clean(value["instruction"]), _clean(value.get("input"))) if p)
         if not prompt:
             return Reject("empty_prompt")
@@ -126,8 +137,12 @@ def convert_sft(value: dict | str, context: dict) -> Converted:
         messages += [_message("user", prompt), _message("assistant", value["output"])]
         return [_sft_row(messages, "alpaca")]
     if "instruction" in value and "instances" in value:  # self-instruct seed tasks (BELLE)
+        if bad := _non_text(value, "instruction"):
+            return bad
         rows = []
         for inst in value["instances"] or []:
+            if isinstance(inst, dict) and (bad := _non_text(inst, "input", "output")):
+                return bad
             if not isinstance(inst, dict) or not _clean(inst.get("output")):
                 continue
             prompt = "\n\n".join(p for p in (_clean(value["instruction"]), _clean(inst.get("input"))) if p)
@@ -140,6 +155,8 @@ def convert_sft(value: dict | str, context: dict) -> Converted:
             )
         return rows or Reject("empty_output", "no instance with an output")
     if "question" in value and "std_answer" in value:  # BELLE eval set
+        if bad := _non_text(value, "question", "std_answer"):
+            return bad
         if not _clean(value["question"]):
             return Reject("empty_prompt")
         if not _clean(value["std_answer"]):

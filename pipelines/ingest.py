@@ -13,7 +13,8 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -251,8 +252,12 @@ def ingest(
     recipe_path: str | None = None,
     urls_file: str | None = None,
     commit_every: int = 32,
+    open_mlflow_run: Callable[[IngestReport], str] | None = None,
 ) -> IngestReport:
-    """Ingest ``paths`` (WARC/WET files, one HTML directory, or JSONL files) into ``table``."""
+    """Ingest ``paths`` (WARC/WET files, one HTML directory, or JSONL files) into ``table``.
+
+    ``open_mlflow_run`` is called once, before the first commit; the run id it returns is recorded in
+    ``lake.runs``."""
     if kind not in ("warc", "html", "jsonl"):
         raise UsageError(f"unknown ingest kind {kind!r}; one of warc, html, jsonl")
     parse_identifier(table)
@@ -281,7 +286,9 @@ def ingest(
         init_ray(cfg)
     for group_index, start in enumerate(range(0, len(todo), commit_every)):
         group = todo[start : start + commit_every]
-        _ingest_group(lake, recipe, recipe_file, group, group_index, table, rejects_table, report, started_at)
+        _ingest_group(
+            lake, recipe, recipe_file, group, group_index, table, rejects_table, report, started_at, open_mlflow_run
+        )
     report.seconds = time.perf_counter() - clock
     report.snapshot_id = lake.resolve_snapshot(table, None)
     return report
@@ -297,6 +304,7 @@ def _ingest_group(
     rejects_table: str,
     report: IngestReport,
     started_at: datetime,
+    open_mlflow_run: Callable[[IngestReport], str] | None,
 ) -> None:
     import ray
 
@@ -308,22 +316,28 @@ def _ingest_group(
     # context when it is created, so setting it here affects only this one.
     context = ray.data.DataContext.get_current()
     saved_block_bytes, context.target_max_block_size = context.target_max_block_size, BLOCK_BYTES
-    dataset = (
-        ray.data.from_items(items, override_num_blocks=len(items))
-        # reading is light next to extraction; zero CPUs keeps it from fusing into (and serialising) the actors,
-        # so one big input still feeds every actor
-        .map_batches(read_inputs, batch_size=1, batch_format="pyarrow", num_cpus=0)
-        .map_batches(
-            RecipeRunner,
-            fn_constructor_kwargs={"recipe_path": recipe_file},
-            batch_format="pyarrow",
-            batch_size=BATCH_ROWS,
-            # two actors from the start: a pool of one only grows after a backlog, and each new actor pays for
-            # loading its models; bigger clusters grow the pool up to every CPU
-            compute=ray.data.ActorPoolStrategy(min_size=min(2, cpus), max_size=cpus),
-            num_cpus=1,
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        dataset = (
+            ray.data.from_items(items, override_num_blocks=len(items))
+            # reading is light next to extraction; zero CPUs keeps it from fusing into (and serialising) the actors,
+            # so one big input still feeds every actor
+            .map_batches(read_inputs, batch_size=1, batch_format="pyarrow", num_cpus=0)
+            .map_batches(
+                RecipeRunner,
+                fn_constructor_kwargs={"recipe_path": recipe_file},
+                batch_format="pyarrow",
+                batch_size=BATCH_ROWS,
+                # two actors from the start: a pool of one only grows after a backlog, and each new actor pays for
+                # loading its models; bigger clusters grow the pool up to every CPU
+                compute=ray.data.ActorPoolStrategy(min_size=min(2, cpus), max_size=cpus),
+                num_cpus=1,
+                # Ray Data restarts dead actors by default, and Ray logs an error per actor because the constructor
+                # arguments sit in the object store; a dead actor fails the run instead (nothing is committed for the
+                # group, and the re-run resumes). Ray 2.60 has no named parameter for it yet, hence the filter above.
+                max_restarts=0,
+            )
         )
-    )
     context.target_max_block_size = saved_block_bytes
     kept_parts, reject_parts = [], []
     for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -340,6 +354,8 @@ def _ingest_group(
     if kept.num_rows + rejected.num_rows != records:  # the nothing-lost invariant, checked every group
         raise LakeError(f"accounting error: {records} records != {kept.num_rows} kept + {rejected.num_rows} rejected")
 
+    if open_mlflow_run is not None and report.mlflow_run_id is None:
+        report.mlflow_run_id = open_mlflow_run(report)
     now = datetime.now(UTC)
     documents = _documents(kept, report.run_id, now)
     lake.add_columns(table, [f for f in documents.schema if f.name not in ("ingested_at",)])
@@ -376,7 +392,9 @@ def _ingest_group(
         started_at=started_at,
         inputs=[{"uri": i.uri, "digest": i.digest} for i in group],
         counts=counts,
-        snapshot_id=doc_result.snapshot_id,
+        # a re-run after a crash adds no rows: it vouches for the snapshot the crashed run left
+        snapshot_id=doc_result.snapshot_id or lake.resolve_snapshot(table, None),
+        mlflow_run_id=report.mlflow_run_id,
         part=group_index,
     )
 

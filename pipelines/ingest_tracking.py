@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 from lake.config import LakeConfig
 from pipelines.tracking import log_png, start_run
 
@@ -47,20 +49,42 @@ def languages_figure(report):
     return fig
 
 
-def log_ingest_run(cfg: LakeConfig, report, kind: str, paths: list[str]) -> str:
-    """Log ``report`` as one MLflow run; returns its run id."""
-    import mlflow
+class IngestTracking:
+    """The MLflow run of one ``lake ingest``, opened only when a first group is about to commit, so that every
+    ``lake.runs`` row of the ingest names it; it ends FINISHED, or FAILED when the ingest raises."""
 
-    params = {
-        "kind": kind,
-        "inputs": report.inputs,
-        "table": report.table,
-        "first_input": paths[0][:250] if paths else "",
-    }
-    with start_run(cfg, EXPERIMENT, run_name=f"ingest-{kind}-{report.run_id[:8]}", params=params) as run:
-        mlflow.set_tags(
-            {"lake.run_id": report.run_id, "lake.table": report.table, "lake.snapshot_id": str(report.snapshot_id)}
-        )
+    def __init__(self, cfg: LakeConfig, kind: str, paths: list[str]) -> None:
+        self.cfg, self.kind, self.paths = cfg, kind, paths
+        self._stack = ExitStack()
+
+    def __enter__(self) -> IngestTracking:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stack.__exit__(*exc_info)
+
+    def open(self, report) -> str:
+        """Start the run (params and tags); its id goes into ``lake.runs``."""
+        import mlflow
+
+        params = {
+            "kind": self.kind,
+            "inputs": report.inputs,
+            "table": report.table,
+            "first_input": self.paths[0][:250] if self.paths else "",
+        }
+        run_name = f"ingest-{self.kind}-{report.run_id[:8]}"
+        run = self._stack.enter_context(start_run(self.cfg, EXPERIMENT, run_name=run_name, params=params))
+        mlflow.set_tags({"lake.run_id": report.run_id, "lake.table": report.table})
+        return run.info.run_id
+
+    def finish(self, report) -> None:
+        """The outcome: counts as metrics, the funnel and languages as PNG (into the open run, if any)."""
+        import mlflow
+
+        if report.mlflow_run_id is None:
+            return
+        mlflow.set_tag("lake.snapshot_id", str(report.snapshot_id))
         metrics = {
             "records": report.records,
             "documents": report.documents,
@@ -72,4 +96,3 @@ def log_ingest_run(cfg: LakeConfig, report, kind: str, paths: list[str]) -> str:
         mlflow.log_metrics(metrics)
         log_png(funnel_figure(report), "charts/funnel.png")
         log_png(languages_figure(report), "charts/languages.png")
-        return run.info.run_id

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 from lake.config import LakeConfig
+from lake.services import use_ray_auth
 
 
 def init_ray(cfg: LakeConfig, num_cpus: int | None = None) -> None:
@@ -16,7 +18,7 @@ def init_ray(cfg: LakeConfig, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     # stack.md §3: Ray 2.60 decides token auth from ~/.ray/auth_token unless told; decide explicitly
-    os.environ.setdefault("RAY_AUTH_MODE", cfg.ray_auth_mode)
+    use_ray_auth(cfg)
     # stack.md §3: inside a Ray job driver, ray.init() can invalidate the cwd; keep it and restore it
     here = os.getcwd()
     # "local" starts a private cluster even when another one runs on this machine (address=None would join it)
@@ -45,3 +47,7 @@ def init_ray(cfg: LakeConfig, num_cpus: int | None = None) -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty() and os.environ.get("LAKE_PROGRESS", "1") != "0"
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # we turn the bars off on purpose; Ray Data would say so on stderr once per process
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    # a pool sized for the cluster that gets a single block (one small input) is fine, not worth a warning
+    warnings.filterwarnings("ignore", message="The minimum number of concurrent actors", category=UserWarning)

@@ -15,6 +15,7 @@ Usage::
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,6 +62,8 @@ def start_run(
     if cfg.is_embedded_catalog or _is_local_store(cfg.mlflow_uri_effective):
         Path(cfg.home).mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(cfg.mlflow_uri_effective)
+    # creating the embedded database is routine, not news for the command's stderr
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     with first_use_lock(cfg.mlflow_uri_effective):  # the first access creates (migrates) the database
         experiment_id = _experiment_id(mlflow, cfg, experiment)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:

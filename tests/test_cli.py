@@ -62,8 +62,10 @@ def test_acceptance_cmmlu_dev_import_query_and_time_travel(lake_env, data_dir):
         "table": "eval.cmmlu_dev",
         "rows": later,
         "snapshot_id": snaps[1]["snapshot_id"],
+        "note": "",
     }
     assert {"eval.rejects", "lake.runs"} <= set(by_name)
+    assert all(t["note"] == "" for t in tables), "every table's current snapshot is vouched for by lake.runs"
 
     csv_out = _ok(
         run_lake(
@@ -90,6 +92,7 @@ def test_bad_input_is_one_line_and_exit_2(lake_env, data_dir):
     file_read = "SELECT * FROM read_csv('/etc/os-release', has_header => false)"
     _usage_error(run_lake("query", file_read, env=lake_env), "catalog tables only")
     _usage_error(run_lake("import", "mc", "/no/such/file.csv", "--table", "eval.x", env=lake_env), "no such file")
+    _usage_error(run_lake("ingest", "warc", str(data_dir / "warc"), env=lake_env), "is a directory", "warc/*.gz")
     _usage_error(run_lake("import", "mc", csv, "--table", "notatable", env=lake_env), "NS.TABLE")
     _usage_error(run_lake("import", "sft", csv, "--table", "eval.x", env=lake_env), "holds 'mc' rows")
     _usage_error(run_lake("query", "SELECT 1 AS n FROM eval.x", "--as-of", "no-such-tag", env=lake_env), "no-such-tag")
@@ -127,6 +130,8 @@ def test_config_precedence_and_init(lake_env, tmp_path):
     kept = _ok(run_lake("init", "cfg", env=lake_env))
     assert "kept" in kept, "init does not overwrite without --force"
     _usage_error(run_lake("--config", "missing.toml", "config", env=env), "missing.toml")
+    _usage_error(run_lake("config", env=env | {"LAKE_RAY_HOST": "example.org"}), "IP address")
+    _usage_error(run_lake("config", env=env | {"LAKE_RAY_WORKER_NODES": "-1"}), "ray_worker_nodes")
 
 
 def test_ingest_cli_prints_json_and_logs_the_funnel_to_mlflow(lake_env, data_dir, tmp_path):
@@ -136,6 +141,7 @@ def test_ingest_cli_prints_json_and_logs_the_funnel_to_mlflow(lake_env, data_dir
         "ingest", "warc", *files, "--recipe", "cfg/recipes/web.yaml", "--format", "json", env=lake_env, cwd=tmp_path
     )
     report = json.loads(_ok(result).strip().splitlines()[-1])
+    assert result.stderr == "", "Ray, Ray Data and MLflow stay quiet on a good run"
     assert report["records"] == 16 == report["documents"] + report["rejects"]
     assert report["stages"]["ingest"]["rows_in"] == 16 and "language_id" in report["stages"]
     assert report["languages"]["zh"] >= 8
@@ -144,7 +150,9 @@ def test_ingest_cli_prints_json_and_logs_the_funnel_to_mlflow(lake_env, data_dir
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
     run = client.get_run(report["mlflow_run_id"])
-    assert run.data.metrics["records"] == 16
+    assert run.data.metrics["records"] == 16 and run.info.status == "FINISHED"
+    runs = run_lake("query", "SELECT mlflow_run_id FROM lake.runs", "--format", "json", env=lake_env, cwd=tmp_path)
+    assert json.loads(_ok(runs)) == [{"mlflow_run_id": run.info.run_id}], "lake.runs names the MLflow run"
     assert {a.path for a in client.list_artifacts(run.info.run_id, "charts")} == {
         "charts/funnel.png",
         "charts/languages.png",

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import os
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -15,15 +20,11 @@ pytestmark = pytest.mark.cluster
 PORTS = {"LAKE_RAY_PORT": "6391", "LAKE_RAY_DASHBOARD_PORT": "8266", "LAKE_MLFLOW_PORT": "5056"}
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    import ray
-
-    # an in-process Ray left by earlier tests holds the default agent ports that `lake up`'s head would use
-    ray.shutdown()
-    home = tmp_path_factory.mktemp("cluster") / "home"
+@contextlib.contextmanager
+def lake_up(home: Path, **extra: str):
+    """`lake up` in a fresh home with the test ports; yields (environment, the up's result); `lake down` after."""
     env = {k: v for k, v in os.environ.items() if k not in LEAKY_ENV}
-    env |= PORTS | {
+    env |= PORTS | extra | {
         "LAKE_HOME": str(home),
         "LAKE_DATA_DIR": str(DATA_DIR),
         "RAY_AUTH_MODE": "disabled",
@@ -32,19 +33,114 @@ def cluster(tmp_path_factory):
     up = run_lake("up", env=env, cwd=REPO, timeout=400)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
-        yield env
+        yield env, up
     finally:
         down = run_lake("down", env=env, cwd=REPO, timeout=120)
         assert down.returncode == 0, down.stderr
 
 
-def test_status_reports_two_ray_nodes_and_mlflow(cluster):
+# Runs before the module's default cluster starts (pytest keeps file order): both use the test ports.
+def test_a_multi_node_cluster_is_opened_only_with_token_authentication(tmp_path):
+    import ray
+
+    ray.shutdown()
+    home_token = Path.home() / ".ray" / "auth_token"
+    had_home_token = home_token.exists()
+    # RAY_AUTH_MODE=disabled in the environment: an open cluster turns token auth on regardless
+    with lake_up(tmp_path / "home", LAKE_RAY_WORKER_NODES="1", LAKE_RAY_CPUS_PER_NODE="1") as (env, up):
+        warnings = [line for line in up.stderr.splitlines() if "listens beyond loopback" in line]
+        assert len(warnings) == 1 and "token authentication is on" in warnings[0], up.stderr
+        token = tmp_path / "home" / "run" / "ray_auth_token"
+        assert token.stat().st_mode & 0o777 == 0o600
+        status = run_lake("status", "--format", "json", env=env, cwd=REPO)
+        rows = {r["service"]: r for r in json.loads(status.stdout)}
+        assert rows["ray-head"]["detail"] == "2 node(s) alive" and rows["ray-worker-1"]["state"] == "running"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{PORTS['LAKE_RAY_DASHBOARD_PORT']}/api/version", timeout=10)
+        assert refused.value.code == 401, "the dashboard answers only with the token"
+    assert had_home_token or not home_token.exists(), "the token lives in LAKE_HOME, not ~/.ray"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    import ray
+
+    # an in-process Ray left by earlier tests holds the default agent ports that `lake up`'s head would use
+    ray.shutdown()
+    with lake_up(tmp_path_factory.mktemp("cluster") / "home") as (env, _):
+        yield env
+
+
+def test_status_reports_one_ray_node_and_mlflow(cluster):
     result = run_lake("status", "--format", "json", env=cluster, cwd=REPO)
     assert result.returncode == 0, result.stderr
     rows = {r["service"]: r for r in json.loads(result.stdout)}
-    assert rows["ray-head"]["state"] == "running" and rows["ray-head"]["detail"] == "2 node(s) alive"
-    assert rows["ray-worker-1"]["state"] == "running"
+    assert rows["ray-head"]["state"] == "running" and rows["ray-head"]["detail"] == "1 node(s) alive"
+    assert rows["ray-head"]["address"] == "127.0.0.1:6391" and "ray-worker-1" not in rows
     assert rows["mlflow"]["state"] == "running" and rows["mlflow"]["endpoint"] == "http://127.0.0.1:5056"
+
+
+def _lake_up_pids(home: Path) -> set[int]:
+    """Every process `lake up` started: the pid-file processes (each leads its own session) and their descendants."""
+    roots = {int(p.read_text()) for p in (home / "run").glob("*.pid")}
+    procs = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        procs[int(stat.parent.name)] = (int(fields[1]), int(fields[3]))  # ppid, session
+    pids = {pid for pid, (_, session) in procs.items() if session in roots} | roots
+    while True:  # descendants that started a session of their own
+        more = {pid for pid, (ppid, _) in procs.items() if ppid in pids} - pids
+        if not more:
+            return pids
+        pids |= more
+
+
+def _listening_sockets() -> dict[int, str]:
+    """inode -> "address:port" of every listening TCP socket on the machine."""
+    out = {}
+    for name in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{name}").read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] != "0A":  # LISTEN
+                continue
+            hex_addr, hex_port = cols[1].split(":")
+            raw = bytes.fromhex(hex_addr)
+            # /proc prints each 32-bit word in host (little-endian) order
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            out[int(cols[9])] = f"{ipaddress.ip_address(raw)}:{int(hex_port, 16)}"
+    return out
+
+
+def _is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address.rsplit(":", 1)[0])
+    return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
+
+
+def listeners_of_lake_up(home: Path) -> list[tuple[int, str]]:
+    sockets = _listening_sockets()
+    found = []
+    for pid in _lake_up_pids(home):
+        try:
+            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:  # gone, or not ours to read
+            continue
+        for link in links:
+            inode = int(link[8:-1]) if link.startswith("socket:[") else None
+            if inode in sockets:
+                found.append((pid, sockets[inode]))
+    return found
+
+
+def test_every_listener_of_lake_up_is_on_loopback(cluster):
+    listeners = listeners_of_lake_up(Path(cluster["LAKE_HOME"]))
+    ports = {int(address.rsplit(":", 1)[1]) for _, address in listeners}
+    # sanity: the scan sees the services themselves
+    assert {6391, 8266, 5056} <= ports, listeners
+    exposed = [(pid, address) for pid, address in listeners if not _is_loopback(address)]
+    assert not exposed, f"listening beyond loopback: {exposed}"
 
 
 def test_submitted_import_job_lands_rows_in_the_catalog(cluster):
@@ -95,3 +191,28 @@ def test_submit_without_a_cluster_is_a_clear_error(lake_env):
     assert "no Ray cluster at http://127.0.0.1:8299" in result.stderr and "Traceback" not in result.stderr
     wrong = run_lake("submit", "--", "python", "-c", "print(1)", env=env, cwd=REPO)
     assert wrong.returncode == 2
+
+
+def test_submit_uploads_code_and_config_but_no_data_or_state(tmp_path):
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    from lake.config import load_config
+    from lake.jobs import upload_excludes
+
+    work = tmp_path / "work"
+    small = {"lake.toml": "[lake]\n", "recipes/web.yaml": "operators: []\n", "ops/custom.py": "X = 1\n"}
+    big = ["in.warc.gz", ".demo/a.warc", ".bench/venv/x.py", "models/lid.176.ftz", "notes/dump.txt", "home/catalog.db"]
+    for name in [*small, *big]:
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text(small.get(name) or "x" * 2_000_000)
+    (work / ".gitignore").write_text("scratch/\n")
+    (work / "scratch").mkdir()
+    (work / "scratch/tmp.py").write_text("")
+    cfg = load_config(env={"LAKE_HOME": str(work / "home")})
+    package = tmp_path / "package.zip"
+    # Ray's own packaging (what JobSubmissionClient uploads), with the excludes `lake submit` passes
+    create_package(str(work), package, include_gitignore=True, excludes=upload_excludes(cfg, work))
+    shipped = {n for n in zipfile.ZipFile(package).namelist() if not n.endswith("/")}
+    assert shipped == {*small, ".gitignore"}, shipped

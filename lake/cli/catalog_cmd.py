@@ -17,12 +17,17 @@ def catalog_group() -> None:
 @format_option()
 @pass_ctx
 def tables_command(obj: CliContext, fmt: str) -> None:
-    """List tables with their row counts and current snapshot."""
+    """List tables with their row counts and current snapshot; a note when no lake.runs row vouches for it."""
+    from catalog.runs import unrecorded_snapshot
+
     lake = obj.lake
     rows = []
     for name in lake.list_tables():
-        rows.append({"table": name, "rows": lake.count(name), "snapshot_id": lake.resolve_snapshot(name, None)})
-    emit_rows(rows, fmt, ["table", "rows", "snapshot_id"])
+        gap = unrecorded_snapshot(lake, name)
+        note = f"run {gap['run_id']} not in lake.runs: interrupted (re-run it) or still running" if gap else ""
+        snapshot_id = lake.resolve_snapshot(name, None)
+        rows.append({"table": name, "rows": lake.count(name), "snapshot_id": snapshot_id, "note": note})
+    emit_rows(rows, fmt, ["table", "rows", "snapshot_id", "note"])
 
 
 @catalog_group.command("schema")

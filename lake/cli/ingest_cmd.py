@@ -32,19 +32,20 @@ def _run(
     obj: CliContext, kind: str, paths: list[str], table: str, recipe: str | None, fmt: str, urls_file: str | None = None
 ) -> None:
     from pipelines.ingest import ingest
-    from pipelines.ingest_tracking import log_ingest_run
+    from pipelines.ingest_tracking import IngestTracking
 
-    report = ingest(
-        obj.config,
-        obj.lake,
-        kind,
-        paths,
-        table=table,
-        recipe_path=recipe,
-        urls_file=urls_file,
-    )
-    if report.records:
-        report.mlflow_run_id = log_ingest_run(obj.config, report, kind, paths)
+    with IngestTracking(obj.config, kind, paths) as tracking:
+        report = ingest(
+            obj.config,
+            obj.lake,
+            kind,
+            paths,
+            table=table,
+            recipe_path=recipe,
+            urls_file=urls_file,
+            open_mlflow_run=tracking.open,
+        )
+        tracking.finish(report)
     if fmt == "json":
         emit_json(report.as_dict())
         return

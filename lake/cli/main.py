@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from lake import services
 from lake.cli.context import CliContext
 from lake.config import load_config
 from lake.errors import LakeError
@@ -52,7 +53,7 @@ def cli(ctx: click.Context, config_file: str | None) -> None:
         click.echo(f"lake: error: {exc}", err=True)
         sys.exit(exc.exit_code)
     # Ray reads this in every process it starts; stack.md: never leave it to chance
-    os.environ.setdefault("RAY_AUTH_MODE", config.ray_auth_mode)
+    services.use_ray_auth(config)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     ctx.obj = CliContext(config)
 

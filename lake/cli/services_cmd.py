@@ -14,13 +14,19 @@ from lake.cli.output import emit_rows, format_option
 @click.command("up")
 @pass_ctx
 def up_command(obj: CliContext) -> None:
-    """Start a local Ray cluster (head + worker nodes on 127.0.0.1) and an MLflow tracking server."""
+    """Start a local Ray cluster (one node on 127.0.0.1 unless configured) and an MLflow tracking server."""
     from lake import services
 
-    services.up(obj.config, echo=click.echo)
     cfg = obj.config
+    if cfg.ray_open:
+        click.echo(
+            f"lake up: warning: Ray listens beyond loopback ({cfg.ray_worker_nodes} worker node(s), host "
+            f"{cfg.ray_host}); token authentication is on, token in {cfg.ray_auth_token_path}",
+            err=True,
+        )
+    services.up(cfg, echo=click.echo)
     click.echo(
-        f"ready: export RAY_ADDRESS=http://127.0.0.1:{cfg.ray_dashboard_port} "
+        f"ready: export RAY_ADDRESS=http://{cfg.ray_host}:{cfg.ray_dashboard_port} "
         f"MLFLOW_TRACKING_URI=http://127.0.0.1:{cfg.mlflow_port}"
     )
 

@@ -90,8 +90,17 @@ def test_new_batches_are_compared_without_rehashing(lake, lake_env, tmp_path, pa
     first = [dict(p, title=f"old/{i}") for i, p in enumerate(pages[:16])]
     import_files(lake, "text", [write_jsonl(tmp_path / "b1.jsonl", first)], "web.docs", progress=False)
     cfg = load_config()
+    seen = len(lake.snapshots("web.docs"))
+
+    def one_new_snapshot() -> None:  # each dedup run is one atomic overwrite, never a delete + an append
+        nonlocal seen
+        new = lake.snapshots("web.docs")[seen:]
+        seen += len(new)
+        assert [s.operation for s in new] == ["overwrite"], new
+
     one = dedup_table(lake, cfg, "web.docs", DedupConfig(mlflow=False, quality="LENGTH(text)"), progress=False)
     assert one.hashed == 16 and one.duplicates == 0
+    one_new_snapshot()
 
     # crawl batch 2: near copies (J ~0.9) of two old pages, an exact copy, and two unseen pages
     copies = [
@@ -102,10 +111,12 @@ def test_new_batches_are_compared_without_rehashing(lake, lake_env, tmp_path, pa
         dict(pages[17], title="new/unseen17"),
     ]
     import_files(lake, "text", [write_jsonl(tmp_path / "b2.jsonl", copies)], "web.docs", progress=False)
+    seen += 1
     result = run_lake("dedup", "web.docs", "--quality", "LENGTH(text)", "--format", "json", env=lake_env)
     assert result.returncode == 0, result.stderr[-2000:]
     two = json.loads(result.stdout.strip().splitlines()[-1])
     assert two["hashed"] == 5, "old documents are not hashed again"
+    one_new_snapshot()
     assert lake.count(signature_table_for("web.docs")) == 21
     rows = rows_by_title(lake, "web.docs")
     assert len(rows) == 21 and two["documents"] == 21
@@ -124,7 +135,9 @@ def test_new_batches_are_compared_without_rehashing(lake, lake_env, tmp_path, pa
         {"text": pages[18]["text"].lower(), "title": "b3/p18-lower"},
     ]
     import_files(lake, "text", [write_jsonl(tmp_path / "b3.jsonl", third)], "web.docs", progress=False)
+    seen += 1
     three = dedup_table(lake, cfg, "web.docs", DedupConfig(mlflow=False, scope="batch"), progress=False)
+    one_new_snapshot()
     assert three.hashed == 3 and three.documents == 3
     after = rows_by_title(lake, "web.docs")
     assert len(after) == 24

@@ -99,6 +99,21 @@ def test_broken_lines_are_rejected_with_reasons(lake, tmp_path):
     assert all(r["input_uri"] == str(path) and r["stage"] == "import_text" for r in rejects)
 
 
+def test_sft_fields_that_are_not_text_are_rejected_as_such(lake, tmp_path):
+    path = tmp_path / "odd.json"
+    rows = [
+        {"instruction": 42, "output": "forty-two"},
+        {"instruction": "Add", "input": {"a": 1, "b": 2}, "output": "3"},
+        {"instruction": "Add", "input": "1 and 2", "output": "3"},
+    ]
+    path.write_text(json.dumps(rows))
+    report = import_files(lake, "sft", [str(path)], "sft.odd", progress=False)
+    assert (report.read, report.imported, report.rejected) == (3, 1, 2), "a dict input must not vanish from the row"
+    rejects = sorted(lake.read("sft.rejects").to_pylist(), key=lambda r: r["record_key"])
+    assert [r["reason"] for r in rejects] == ["non_text_field", "non_text_field"]
+    assert rejects[0]["detail"].startswith("instruction is int") and rejects[1]["detail"].startswith("input is dict")
+
+
 def test_truncated_gzip_keeps_what_it_read_and_rejects_the_break(lake, tmp_path):
     lines = "".join(json.dumps({"text": f"document number {i}"}) + "\n" for i in range(2000))
     blob = gzip.compress(lines.encode("utf-8"))

@@ -9,6 +9,7 @@ import uuid
 import pytest
 from malformed_warcs import build_corpus
 
+from catalog.runs import unrecorded_snapshot
 from conftest import run_lake
 from lake.config import load_config
 from pipelines.ingest import ingest
@@ -117,8 +118,13 @@ def test_resume_after_a_crash_between_commits_never_duplicates(lake, data_dir, m
         _ingest(lake, "warc", files, commit_every=1)
     partial = lake.count("web.documents")
     assert partial > 0, "the first input's documents were committed before the crash"
+    gap = unrecorded_snapshot(lake, "web.documents")
+    assert gap and gap["snapshot_id"] == lake.resolve_snapshot("web.documents", None), "readers see the gap"
+    listed = json.loads(run_lake("catalog", "tables", "--format", "json").stdout)
+    assert "not in lake.runs" in next(t["note"] for t in listed if t["table"] == "web.documents")
     monkeypatch.delenv("LAKE_FAULT")
     report = _ingest(lake, "warc", files, commit_every=1)
+    assert unrecorded_snapshot(lake, "web.documents") is None and unrecorded_snapshot(lake, "web.rejects") is None
     assert report.records == 22 + 15
     docs = lake.read("web.documents", columns=("input_digest", "record_key")).to_pylist()
     keys = [(d["input_digest"], d["record_key"]) for d in docs]
