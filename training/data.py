@@ -149,6 +149,20 @@ def select_rows(batch: pa.Table, source: SnapshotSource, split: str, val_fractio
     return pa.table({"text": text, "order": order}).filter(pa.array(keep))
 
 
+def read_and_select(
+    files: pa.Table, sources: list[SnapshotSource], split: str, val_fraction: float, seed: int
+) -> Iterator[pa.Table]:
+    """Ray Data stage: stream each planned Parquet file by record batches through ``select_rows``."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    for path, index in zip(files["path"].to_pylist(), files["source"].to_pylist(), strict=True):
+        filesystem, inner = pafs.FileSystem.from_uri(path)
+        with filesystem.open_input_file(inner) as handle:
+            for batch in pq.ParquetFile(handle).iter_batches(batch_size=1024):
+                yield select_rows(pa.Table.from_batches([batch]), sources[index], split, val_fraction, seed)
+
+
 class Tokenize:
     """Ray Data actor: text -> token ids (+ EOS) and the UTF-8 byte count (for bits per byte)."""
 
@@ -186,19 +200,17 @@ def build_dataset(
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # the data position counts documents in stream order
     # small CPU shares: the training workers hold most of a small machine, and reading must never starve
-    parts = []
-    for source in sources:
-        part = ray.data.read_parquet(list(source.files), override_num_blocks=max(1, len(source.files)), num_cpus=0.25)
-        part = part.map_batches(
-            select_rows,
-            fn_kwargs={"source": source, "split": split, "val_fraction": val_fraction, "seed": shuffle_seed or 0},
-            batch_format="pyarrow",
-            batch_size=1024,
-            zero_copy_batch=True,
-            num_cpus=0.25,
-        )
-        parts.append(part)
-    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    # one row per data file of the plan, read in small-CPU tasks (read_parquet's file listing asks a whole CPU,
+    # which deadlocks a small node whose CPUs the training workers hold)
+    files = [{"path": path, "source": index} for index, source in enumerate(sources) for path in source.files]
+    ds = ray.data.from_items(files, override_num_blocks=len(files))
+    ds = ds.map_batches(
+        read_and_select,
+        fn_kwargs={"sources": sources, "split": split, "val_fraction": val_fraction, "seed": shuffle_seed or 0},
+        batch_format="pyarrow",
+        batch_size=1,
+        num_cpus=0.25,
+    )
     if shuffle_seed is not None:
         ds = ds.sort("order")
     return ds.map_batches(

@@ -104,9 +104,11 @@ def run_pretrain(cfg: LakeConfig, job: PretrainConfig, progress: bool = True) ->
     from pipelines.ray_env import init_ray
 
     s = job.scaling
-    # a local Ray gets room for the data pipeline beside the workers (Ray Data's file listing alone asks 1 CPU)
+    # a local Ray gets room for the data pipeline beside the workers: the shuffle's tasks ask a whole CPU each
     init_ray(cfg, num_cpus=max(os.cpu_count() or 1, math.ceil(s.num_workers * s.cpus_per_worker) + 2))
     import ray
+
+    check_cluster(ray.cluster_resources(), job)
     from ray.util.queue import Queue
 
     from training.data import build_dataset, validation_windows
@@ -227,6 +229,25 @@ def check_memory(model_cfg, job: PretrainConfig) -> None:
             f"batch {o.batch_size} × {job.model.seq_len}, but {have / 2**30:.1f} GiB is available; "
             "pick a smaller size or batch, or use GPUs (scaling.gpus_per_worker)"
         )
+
+
+DATA_PIPELINE_CPUS = 1.5  # the shuffle's tasks ask one CPU each, plus the read and tokenize stages
+
+
+def check_cluster(resources: dict, job: PretrainConfig) -> None:
+    """Refuse a job the cluster cannot hold (Ray would wait for resources forever instead of failing)."""
+    s = job.scaling
+    need_cpu = s.num_workers * s.cpus_per_worker + DATA_PIPELINE_CPUS
+    have_cpu = resources.get("CPU", 0)
+    if have_cpu < need_cpu:
+        raise UsageError(
+            f"the Ray cluster has {have_cpu:g} CPUs; {s.num_workers} worker(s) × {s.cpus_per_worker:g} CPU plus "
+            f"{DATA_PIPELINE_CPUS:g} for the data pipeline need {need_cpu:g}: lower scaling.cpus_per_worker or "
+            "num_workers, or add nodes"
+        )
+    need_gpu = s.num_workers * s.gpus_per_worker
+    if need_gpu > resources.get("GPU", 0):
+        raise UsageError(f"the Ray cluster has {resources.get('GPU', 0):g} GPUs; the job asks {need_gpu:g}")
 
 
 def available_memory() -> int:
