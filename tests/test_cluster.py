@@ -158,6 +158,32 @@ def test_submitted_import_job_lands_rows_in_the_catalog(cluster):
     assert json.loads(count.stdout) == [{"n": 10}], count.stderr
 
 
+def test_pretraining_runs_unchanged_as_a_submitted_job(cluster, tmp_path):
+    text = str(DATA_DIR / "text" / "cmrc2018_trial_zh_wiki_paragraphs.jsonl")
+    assert run_lake("import", "text", text, "--table", "text.zh", env=cluster, cwd=REPO).returncode == 0
+    tok = run_lake(
+        "train", "tokenizer", "--table", "text.zh", "--vocab-size", "3000", "--character-coverage", "0.98",
+        "--name", "job-tok", env=cluster, cwd=REPO,
+    )  # fmt: skip
+    assert tok.returncode == 0, tok.stderr
+    config = {
+        "name": "job-model",
+        "tokenizer": "models:/job-tok/1",
+        "data": {"table": "text.zh", "val_fraction": 0.05},
+        "model": {"size": "tiny", "seq_len": 64, "overrides": {"dim": 64, "n_layers": 2}},
+        "optim": {"batch_size": 2, "max_steps": 3, "warmup_steps": 1, "eval_every": 3, "checkpoint_every": 3},
+        "scaling": {"num_workers": 1, "cpus_per_worker": 0.5},  # the test cluster has 2 CPUs
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    job = run_lake("submit", "--", "lake", "train", "pretrain", str(path), env=cluster, cwd=REPO, timeout=600)
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert "registered models:/job-model/1" in job.stdout
+    assert job.stdout.strip().endswith("job SUCCEEDED")
+    models = json.loads(run_lake("models", "--format", "json", env=cluster, cwd=REPO).stdout)
+    assert {m["name"] for m in models} >= {"job-tok", "job-model"}
+
+
 def test_a_failing_job_fails_the_submit_with_its_exit_code(cluster):
     job = run_lake(
         "submit", "--", "lake", "query", "SELECT * FROM eval.does_not_exist", env=cluster, cwd=REPO, timeout=400
