@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -213,14 +214,19 @@ def build_dataset(
     )
     if shuffle_seed is not None:
         ds = ds.sort("order")
-    return ds.map_batches(
-        Tokenize,
-        fn_constructor_kwargs={"tokenizer_bytes": Path(tokenizer_file).read_bytes()},
-        batch_format="pyarrow",
-        batch_size=256,
-        num_cpus=0.25,
-        compute=ray.data.ActorPoolStrategy(size=tokenize_actors),
-    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return ds.map_batches(
+            Tokenize,
+            fn_constructor_kwargs={"tokenizer_bytes": Path(tokenizer_file).read_bytes()},
+            batch_format="pyarrow",
+            batch_size=256,
+            num_cpus=0.25,
+            compute=ray.data.ActorPoolStrategy(size=tokenize_actors),
+            # as in ingest: the tokenizer bytes sit in the object store, so Ray logs an error per restartable
+            # actor; a dead actor fails the job instead, and re-running it resumes from the last checkpoint
+            max_restarts=0,
+        )
 
 
 def _conform(batch: pa.Table, schema: pa.Schema) -> pa.Table:
