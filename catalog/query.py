@@ -8,6 +8,7 @@ import polars as pl
 import sqlglot
 from sqlglot import exp
 
+from catalog.attributes import VIEW_SUFFIX, joined_frame, labelled_sources, view_name
 from catalog.store import Lakehouse
 from lake.errors import UsageError
 
@@ -80,17 +81,22 @@ def check_sources(text: str, known: list[str]) -> None:
 def run_query(lake: Lakehouse, sql: str, as_of: str | None = None) -> pl.DataFrame:
     """Execute ``sql``; ``as_of`` (snapshot id, tag or ISO timestamp) pins every table it names.
 
-    A snapshot id belongs to one table, so it is only accepted for a single-table query.
+    A snapshot id belongs to one table, so it is only accepted for a single-table query. ``NS.TABLE__labels``
+    names a labelled table's documents joined with all of its attribute tables (``catalog.attributes``).
     """
     text = check_read_only(sql)
-    known = lake.list_tables()
+    catalog_tables = lake.list_tables()
+    known = catalog_tables + [view_name(t) for t in labelled_sources(catalog_tables)]
     check_sources(text, known)
     tables = referenced_tables(text, known)
     if as_of is not None and str(as_of).strip().isdigit() and len(tables) > 1:
         raise UsageError("a snapshot id pins one table; use a tag or a timestamp for a multi-table query")
     ctx = pl.SQLContext()
     for name in tables:
-        ctx.register(name, _scan(lake, name, as_of))
+        if name.endswith(VIEW_SUFFIX) and name not in catalog_tables:
+            ctx.register(name, joined_frame(lake, name.removesuffix(VIEW_SUFFIX), as_of=as_of))
+        else:
+            ctx.register(name, _scan(lake, name, as_of))
     try:
         return ctx.execute(text, eager=True)
     except pl.exceptions.SQLInterfaceError as exc:

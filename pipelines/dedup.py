@@ -3,8 +3,8 @@
 Stages (nothing of size N is collected on the driver; it holds object refs and counts):
 
 1. **Signatures** (Ray Data ``map_batches`` of ``operators.dedup.MinHashSignature``) for the rows that have none
-   yet: on a labelled table those are the rows whose ``dup_cluster_id`` is null, i.e. a crawl batch appended
-   since the last run. They are appended to the side table ``NS.TABLE_minhash`` (node, signature, exact text and
+   yet: the rows whose ``doc_id`` the signature table does not hold, i.e. a crawl batch appended since the last
+   run. They are appended to the side table ``NS.TABLE_minhash`` (node, signature, exact text and
    URL hashes), so old documents are never hashed again. Changing ``num_perm``/``ngram``/``tokenizer``/``seed``
    makes stored signatures incomparable: they are then recomputed for every row (and replaced).
 2. **Buckets**: every signature row becomes one key per LSH band (plus one per exact-text hash and per URL hash).
@@ -20,12 +20,13 @@ Stages (nothing of size N is collected on the driver; it holds object refs and c
 4. **Keeper**: every row's keeper key (quality desc, then earliest ``fetch_time``, then ``doc_id``) goes to the
    shard of its node; members go to the shard of their component root, which picks the keeper and counts the
    members present in the table.
-5. **Labels**: the table's rows get ``dup_cluster_id`` (the keeper's ``doc_id``), ``dup_cluster_size`` and
-   ``dup_keep`` (schema evolution) and are written as one new snapshot (``catalog.rewrite``). Mixes filter on
-   ``dup_keep``.
+5. **Labels**: every row's ``dup_cluster_id`` (the keeper's ``doc_id``), ``dup_cluster_size`` and ``dup_keep``
+   go to the attribute table ``NS.TABLE__dedup`` keyed by ``doc_id`` (``catalog.attributes``), one commit; the
+   documents are not rewritten. Mixes and training filter on ``dup_keep`` through the joined view.
 
-``scope="table"`` deduplicates new rows against everything already there (all stored signatures); ``"batch"``
-only among the new rows, whose labels are written while older rows keep theirs.
+``scope="table"`` deduplicates new rows against everything already there (all stored signatures) and replaces
+the labels of every row; ``"batch"`` only among the new rows, whose labels are appended while older rows keep
+theirs. The same settings on the same snapshot are a no-op.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from catalog.rewrite import append_dataset, ensure_side_table, replace_dataset, rewrite_with_columns
+from catalog import attributes
+from catalog.rewrite import append_dataset, ensure_side_table, replace_dataset
 from catalog.runs import record_run
 from catalog.store import Lakehouse
 from lake.config import LakeConfig
@@ -77,7 +79,11 @@ SIG_SCHEMA = pa.schema(
     ]
 )
 SIG_KIND = "minhash_signatures"
+LABELER = "dedup"
 PARAM_PROPS = ("num_perm", "ngram", "tokenizer", "seed")
+# what decides the labels (a change relabels every row); num_shards, batch sizes and mlflow do not
+LABEL_PARAMS = PARAM_PROPS + ("threshold", "verify", "bands", "rows", "exact", "url", "quality",
+                              "false_positive_weight", "false_negative_weight", "max_pair_bucket")  # fmt: skip
 _EXACT_SALT = np.uint64(0xE8AC7)
 _URL_SALT = np.uint64(0x5E1)
 
@@ -136,6 +142,9 @@ class DedupConfig:
     def signature_params(self) -> dict[str, str]:
         return {f"lake.dedup.{k}": str(getattr(self, k)) for k in PARAM_PROPS}
 
+    def labeler_version(self) -> str:
+        return ";".join(f"{k}={getattr(self, k)}" for k in LABEL_PARAMS)
+
 
 @dataclass
 class DedupReport:
@@ -155,9 +164,13 @@ class DedupReport:
     run_id: str = ""
     mlflow_run_id: str | None = None
     rehashed_all: bool = False
+    up_to_date: bool = False
+    attribute_table: str = ""
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
+        if self.up_to_date:
+            return f"{self.attribute_table} already holds these labels for {self.table}@{self.base_snapshot_id}"
         return (
             f"{self.documents} documents, {self.clusters} clusters, {self.duplicates} duplicates in {self.seconds:.1f}s"
         )
@@ -657,6 +670,18 @@ def _apply_labels(batch: pa.Table, shards: list) -> pa.Table:
     return batch
 
 
+def _ids(lake: Lakehouse, identifier: str, snapshot_id: int | None = None) -> pa.Array:
+    """The ``doc_id`` column of a table (one narrow column)."""
+    if lake.resolve_snapshot(identifier, None) is None:
+        return pa.array([], pa.string())
+    return lake.read(identifier, as_of=snapshot_id, columns=("doc_id",))["doc_id"].combine_chunks().cast(pa.string())
+
+
+def _without_ids(batch: pa.Table, ids: pa.Array) -> pa.Table:
+    """Ray Data stage: rows whose ``doc_id`` is not in ``ids``."""
+    return batch.filter(pc.invert(pc.is_in(batch["doc_id"].cast(pa.string()), value_set=ids)))
+
+
 def _column_total(ds, column: str) -> int:
     """Run ``ds`` and add up one small count column (a row per block; cheaper than Ray's shuffle-based sum)."""
     return sum(int(pc.sum(b[column]).as_py() or 0) for b in ds.iter_batches(batch_format="pyarrow", batch_size=None))
@@ -699,25 +724,33 @@ def dedup_table(
     names = set(schema.names)
     if config.text_column not in names:
         raise UsageError(f"{identifier} has no {config.text_column!r} column to deduplicate")
-    if "doc_id" not in names and not {"input_digest", "record_key"} <= names:
-        raise UsageError(f"{identifier} needs doc_id or (input_digest, record_key) columns to tell rows apart")
+    if "doc_id" not in names:
+        raise UsageError(f"{identifier} has no doc_id column: dedup labels are stored by doc_id")
     check_quality_spec(schema, config.quality)
     base = lake.resolve_snapshot(identifier, None)
     if base is None:
         raise UsageError(f"{identifier} is empty: nothing to deduplicate")
     bands, rows = config.lsh
     report = DedupReport(table=identifier, run_id=uuid.uuid4().hex, bands=bands, rows=rows, base_snapshot_id=base)
+    report.attribute_table = attributes.attribute_table(identifier, LABELER)
+    version = config.labeler_version()
+    state = attributes.label_state(lake, identifier, LABELER)
+    if state.version == version and state.source_snapshot == base:  # these labels exist: nothing to do
+        report.up_to_date, report.snapshot_id = True, state.snapshot_id
+        return report
 
     sig_id = signature_table_for(identifier)
-    labelled = "dup_cluster_id" in names
+    labelled = state.version is not None
     params = config.signature_params()
     stored_ok = False
-    if labelled and lake.exists(sig_id):
+    if lake.exists(sig_id):
         props = lake.table(sig_id).properties
         stored_ok = all(props.get(k) == v for k, v in params.items())
     rehash_all = not stored_ok
     report.rehashed_all = rehash_all
-    new_only = labelled and not rehash_all
+    # narrow id columns only: which rows already have a signature, which already have labels
+    signed_ids = _ids(lake, sig_id) if not rehash_all else None
+    labelled_ids = attributes.labelled_ids(lake, identifier, LABELER) if labelled else None
 
     stages = tqdm(total=5, desc=f"dedup {identifier}", unit="stage", disable=not progress)
     clock = [time.perf_counter(), "setup"]
@@ -734,12 +767,12 @@ def dedup_table(
     logging.getLogger("ray.data._internal.datasource.iceberg_datasource").setLevel(logging.ERROR)
     catalog_kwargs = {"name": lake.name, **lake.catalog_kwargs}
 
-    def read(table_id: str, snapshot: int | None, columns: list[str] | None = None, new: bool = False):
+    def read(table_id: str, snapshot: int | None, columns: list[str] | None = None, skip: pa.Array | None = None):
         ds = ray.data.read_iceberg(table_identifier=table_id, catalog_kwargs=catalog_kwargs, snapshot_id=snapshot)
-        if new:
-            ds = ds.filter(expr=col("dup_cluster_id").is_null())
         if columns is not None:
             ds = ds.select_columns(columns)
+        if skip is not None and len(skip):
+            ds = ds.map_batches(_without_ids, fn_kwargs={"ids": skip}, batch_format="pyarrow", num_cpus=0.25)
         return ds
 
     id_columns = [c for c in ("doc_id", "input_digest", "record_key") if c in names]
@@ -761,12 +794,10 @@ def dedup_table(
         )
 
     has_new = True
-    if new_only:
-        from pyiceberg.expressions import IsNull
-
-        has_new = any(True for _ in table.scan(snapshot_id=base, row_filter=IsNull("dup_cluster_id")).plan_files())
+    if signed_ids is not None:
+        has_new = not bool(pc.all(pc.is_in(_ids(lake, identifier, base), value_set=signed_ids)).as_py())
     if has_new:
-        docs = read(identifier, base, id_columns + opt_columns + [config.text_column], new=new_only)
+        docs = read(identifier, base, id_columns + opt_columns + [config.text_column], skip=signed_ids)
         signed = docs.map_batches(
             sign, batch_format="pyarrow", batch_size=config.batch_size, num_cpus=op.resources.num_cpus
         )
@@ -817,7 +848,7 @@ def dedup_table(
         if report.edges:
             needed = quality_columns(schema, config.quality)
             key_columns = [c for c in schema.names if c != config.text_column or c in needed]
-            keys = read(identifier, base, key_columns, new=(config.scope == "batch" and labelled))
+            keys = read(identifier, base, key_columns, skip=labelled_ids if config.scope == "batch" else None)
             sent_keys = keys.map_batches(
                 _send_keys,
                 batch_format="pyarrow",
@@ -837,23 +868,25 @@ def dedup_table(
             report.clusters = sum(hist.values())
         stages.update()
 
-        # 5. labels -> one new snapshot
+        # 5. labels -> the attribute table (a few bytes per row gathered here; the documents are not rewritten)
         stage("labels")
         batch_only = config.scope == "batch" and labelled
-        everything = read(identifier, base, None, new=batch_only)
-        labelled_rows = everything.map_batches(
+        ids = read(identifier, base, id_columns, skip=labelled_ids if batch_only else None)
+        labels = ids.map_batches(
             _apply_labels, batch_format="pyarrow", batch_size=4096, fn_kwargs={"shards": shards if report.edges else []}
+        ).select_columns(["doc_id"] + [f.name for f in LABEL_FIELDS])
+        parts = list(labels.iter_batches(batch_format="pyarrow", batch_size=None))
+        rows_out = (
+            pa.concat_tables(parts)
+            if parts
+            else pa.schema([pa.field("doc_id", pa.string()), *LABEL_FIELDS]).empty_table()
         )
-        report.documents = report.hashed if batch_only else lake.count(identifier, base)
-        report.snapshot_id = rewrite_with_columns(
-            lake,
-            identifier,
-            labelled_rows,
-            LABEL_FIELDS,
-            base_snapshot_id=base,
-            snapshot_properties={"lake.run_id": report.run_id, "lake.dedup.threshold": str(config.threshold)},
-            only_rows=col("dup_cluster_id").is_null() if batch_only else None,
-        )
+        report.documents = rows_out.num_rows
+        attributes.ensure_attribute_table(lake, identifier, LABELER, LABEL_FIELDS, version)
+        report.snapshot_id = attributes.write_labels(
+            lake, identifier, LABELER, rows_out, version=version, source_snapshot=base, run_id=report.run_id,
+            replace=not batch_only,
+        )  # fmt: skip
         stages.update()
         stage("done")
     finally:
@@ -899,7 +932,7 @@ def _finish(
     record_run(
         lake,
         command="dedup",
-        target_table=identifier,
+        target_table=report.attribute_table,
         run_id=report.run_id,
         started_at=started_at,
         inputs=[],

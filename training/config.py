@@ -35,6 +35,7 @@ class DataConfig:
     val_fraction: float = 0.02  # share of rows (by a hash of the row id) held out for validation
     val_max_tokens: int = 65536
     sources: list[dict[str, Any]] = field(default_factory=list)  # more tables: [{table, where, as_of}, ...]
+    mix: str | None = None  # a mix built by `lake mix` (NAME or NAME@TAG) instead of table/sources
     shuffle: bool = True  # documents in a seeded hash order (a reproducible global shuffle); false: file order
 
 
@@ -92,8 +93,10 @@ class PretrainConfig:
             problems.append("name: the registered model name is required")
         if not self.tokenizer.startswith("models:/"):
             problems.append("tokenizer: give a registered tokenizer as models:/NAME/VERSION")
-        if not self.data.table and not self.data.sources:
-            problems.append("data.table: the NS.TABLE to train on is required (or data.sources)")
+        if not self.data.table and not self.data.sources and not self.data.mix:
+            problems.append("data.table: the NS.TABLE to train on is required (or data.sources, or data.mix)")
+        if self.data.mix and (self.data.table or self.data.sources or self.data.where):
+            problems.append("data.mix: a mix already chooses its documents; drop data.table/where/sources")
         if not 0 <= self.data.val_fraction < 0.5:
             problems.append("data.val_fraction: must be in [0, 0.5)")
         o = self.optim

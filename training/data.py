@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -25,6 +26,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from catalog import attributes
+from catalog.attributes import AttributeFiles, join_attributes, read_parquet_columns
 from catalog.store import Lakehouse
 from lake.errors import UsageError
 
@@ -33,8 +36,42 @@ SPLIT_BUCKETS = 10_000
 
 
 @dataclass(frozen=True)
+class Selection:
+    """Rows of a mix table that choose (and repeat) documents of one source snapshot: ``doc_id``, ``repeat``
+    and ``phase_index`` (training reads phase after phase)."""
+
+    table: str
+    snapshot_id: int
+    files: tuple[str, ...]
+    source_table: str
+    source_snapshot_id: int
+    tag: str = ""
+
+
+_SELECTIONS: dict[tuple, pl.DataFrame] = {}
+
+
+def load_selection(sel: Selection) -> pl.DataFrame:
+    """The selection's rows for its source (cached per process: every batch of a worker joins against it)."""
+    key = (sel.table, sel.snapshot_id, sel.source_table, sel.source_snapshot_id)
+    if key not in _SELECTIONS:
+        columns = ["doc_id", "source_table", "source_snapshot_id", "repeat", "phase_index"]
+        parts = [read_parquet_columns(path, columns) for path in sel.files]
+        frame = pl.from_arrow(pa.concat_tables(parts, promote_options="permissive")) if parts else None
+        if frame is None or frame.height == 0:
+            frame = pl.DataFrame(schema={c: pl.String for c in columns})
+        _SELECTIONS[key] = frame.filter(
+            (pl.col("source_table") == sel.source_table) & (pl.col("source_snapshot_id") == sel.source_snapshot_id)
+        ).select(
+            pl.col("doc_id").cast(pl.String), pl.col("repeat").cast(pl.Int64), pl.col("phase_index").cast(pl.Int64)
+        )
+    return _SELECTIONS[key]
+
+
+@dataclass(frozen=True)
 class SnapshotSource:
-    """A pinned, picklable description of what a job reads."""
+    """A pinned, picklable description of what a job reads: a table snapshot, a predicate over its columns and
+    its attribute tables' labels (also pinned), or a mix's selection of its documents."""
 
     table: str
     snapshot_id: int
@@ -45,15 +82,22 @@ class SnapshotSource:
     schema: pa.Schema
     rows_selected: int
     rows_in_snapshot: int
+    attributes: tuple[AttributeFiles, ...] = ()
+    selection: Selection | None = None
 
     def lineage(self) -> dict:
-        return {
+        out = {
             "table": self.table,
             "snapshot_id": self.snapshot_id,
             "predicate": self.predicate or "",
             "rows_selected": self.rows_selected,
             "rows_in_snapshot": self.rows_in_snapshot,
         }
+        if self.attributes:
+            out["attributes"] = json.dumps([a.lineage() for a in self.attributes])
+        if self.selection is not None:
+            out["mix"] = f"{self.selection.table}@{self.selection.snapshot_id}"
+        return out
 
 
 @dataclass
@@ -105,7 +149,15 @@ def resolve_source(
     id_column = id_column or default_id_column(schema)
     if id_column not in schema.names:
         raise UsageError(f"table {table} has no column {id_column!r} to split held-out rows by")
-    lazy = pl.scan_iceberg(iceberg, snapshot_id=snapshot_id) if as_of is not None else pl.scan_iceberg(iceberg)
+    labels = tuple(attributes.attribute_sources(lake, table, exclude=set(schema.names))) if where else ()
+    pins = {a.labeler: a.snapshot_id for a in labels}
+    lazy = (
+        attributes.joined_frame(lake, table, list(pins), snapshot_id, attribute_snapshots=pins)
+        if labels
+        else pl.scan_iceberg(iceberg, snapshot_id=snapshot_id)
+        if as_of is not None
+        else pl.scan_iceberg(iceberg)
+    )
     try:
         selected = predicate_frame(lazy, where).select(pl.len()).collect().item()
     except (pl.exceptions.PolarsError, pl.exceptions.SQLInterfaceError) as exc:
@@ -118,7 +170,43 @@ def resolve_source(
         raise UsageError(f"table {table} has row-level deletes; compact it before training on it")
     files = tuple(sorted(task.file.file_path for task in tasks))
     total = lake.count(table, snapshot_id)
-    return SnapshotSource(table, snapshot_id, where, files, text_column, id_column, schema, selected, total)
+    return SnapshotSource(table, snapshot_id, where, files, text_column, id_column, schema, selected, total, labels)
+
+
+def plan_files(lake: Lakehouse, table: str, snapshot_id: int) -> tuple[str, ...]:
+    tasks = list(lake.table(table).scan(snapshot_id=snapshot_id).plan_files())
+    if any(task.delete_files for task in tasks):  # read_parquet would not apply them (stack.md §4)
+        raise UsageError(f"table {table} has row-level deletes; compact it before training on it")
+    return tuple(sorted(task.file.file_path for task in tasks))
+
+
+def resolve_mix_sources(lake: Lakehouse, mix: str, text_column: str = "text") -> list[SnapshotSource]:
+    """The sources of a mix (``NAME`` or ``NAME@TAG``): each source snapshot it samples, with its selection."""
+    name, _, tag = mix.partition("@")
+    table = name if "." in name else f"mix.{name.replace('-', '_')}"
+    if not lake.exists(table):
+        raise UsageError(f"no mix {name!r} (table {table}); build it with lake mix SPEC.yaml")
+    snapshot_id = lake.resolve_snapshot(table, tag or None)
+    if snapshot_id is None:
+        raise UsageError(f"mix {table} is empty")
+    rows = lake.read(table, snapshot_id, columns=("source_table", "source_snapshot_id", "repeat"))
+    counts = pl.from_arrow(rows).group_by("source_table", "source_snapshot_id").agg(pl.col("repeat").sum())
+    if counts.height == 0:
+        raise UsageError(f"mix {table}@{tag or snapshot_id} selects no documents")
+    mix_files = plan_files(lake, table, snapshot_id)
+    sources = []
+    for source_table, source_snapshot, repeats in counts.sort("source_table", "source_snapshot_id").iter_rows():
+        schema = lake.table(source_table).schema().as_arrow()
+        if text_column not in schema.names or "doc_id" not in schema.names:
+            raise UsageError(f"mix source {source_table} needs doc_id and {text_column!r} columns")
+        selection = Selection(table, snapshot_id, mix_files, source_table, source_snapshot, tag)
+        sources.append(
+            SnapshotSource(
+                source_table, source_snapshot, None, plan_files(lake, source_table, source_snapshot), text_column,
+                "doc_id", schema, int(repeats), lake.count(source_table, source_snapshot), (), selection,
+            )
+        )  # fmt: skip
+    return sources
 
 
 def row_hash(row_id: str, salt: str = "") -> int:
@@ -140,12 +228,23 @@ def select_rows(batch: pa.Table, source: SnapshotSource, split: str, val_fractio
     """Ray Data stage: the predicate, then the train or validation side of the split; emits the text and a
     shuffle key (a seeded hash of the row id)."""
     batch = _conform(batch, source.schema)
-    frame = predicate_frame(pl.from_arrow(batch).lazy(), source.predicate)
+    frame = join_attributes(pl.from_arrow(batch), list(source.attributes)).lazy()
+    frame = predicate_frame(frame, source.predicate)
     rows = frame.select(pl.col(source.id_column).cast(pl.String), pl.col(source.text_column)).collect()
+    phase = np.zeros(rows.height, dtype=np.int64)
+    copies = [""] * rows.height
+    if source.selection is not None:  # a mix: its documents only, each `repeat` times, phase after phase
+        rows = rows.join(load_selection(source.selection), left_on=source.id_column, right_on="doc_id", how="inner")
+        rows = rows.with_columns(pl.int_ranges(0, pl.col("repeat")).alias("copy")).explode("copy")
+        phase = rows["phase_index"].to_numpy().astype(np.int64)
+        copies = [f"#{c}" if c else "" for c in rows["copy"].to_list()]
     ids = rows[source.id_column].fill_null("").to_list()
     held = np.fromiter((is_held_out(i, val_fraction) for i in ids), dtype=bool, count=len(ids))
     keep = held if split == "val" else ~held
-    order = pa.array([row_hash(i, f"shuffle{seed}") for i in ids], type=pa.int64())
+    # phases in order, a seeded hash order (a reproducible shuffle) within each
+    shuffle = np.fromiter((row_hash(i + c, f"shuffle{seed}") >> 8 for i, c in zip(ids, copies, strict=True)),
+                          dtype=np.int64, count=len(ids))  # fmt: skip
+    order = pa.array((phase << 55) + shuffle, type=pa.int64())
     text = rows[source.text_column].fill_null("").to_arrow()
     return pa.table({"text": text, "order": order}).filter(pa.array(keep))
 

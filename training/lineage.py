@@ -1,8 +1,9 @@
 """``lake lineage MODEL_URI``: from a registered version back to the raw inputs its data came from.
 
 The walk, nearest first: the model version, the MLflow run that made it, its tokenizer (walked the same way) and
-parent model (later stages), the catalog snapshot it trained on, the ``lake.runs`` pipeline runs (ingest, import,
-dedup) that built that snapshot or one of its ancestors, and their raw inputs (URI and content digest).
+parent model (later stages), the catalog snapshot it trained on (or the ``mix`` it trained on, then the source
+snapshots that mix sampled), the ``lake.runs`` pipeline runs (ingest, import, dedup) that built that snapshot or
+one of its ancestors, and their raw inputs (URI and content digest).
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from catalog.attributes import attribute_table
 from catalog.schemas import RUNS_TABLE
 from catalog.store import Lakehouse
 from lake.config import LakeConfig
 from training import registry
+from training.mix import KIND as MIX_KIND
+from training.mix import mix_sources
 
 
 def snapshot_ancestors(lake: Lakehouse, table: str, snapshot_id: int) -> list[int]:
@@ -91,7 +95,39 @@ def lineage(cfg: LakeConfig, model_uri: str) -> list[dict[str, Any]]:
         if tags.get(registry.TAG_TOKENIZER):
             pending.append(lambda: walk_version(tags[registry.TAG_TOKENIZER], "tokenizer"))
 
+    def walk_mix(table: str, snapshot_id: int) -> None:
+        tags = {name: snap for name, snap in lake.tags(table).items() if snap == snapshot_id}
+        sources = mix_sources(lake, snapshot_id, table)
+        add(
+            ("mix", table, snapshot_id),
+            {
+                "kind": "mix",
+                "table": table,
+                "snapshot_id": snapshot_id,
+                "tag": ",".join(sorted(tags)),
+                "uri": f"iceberg://{cfg.catalog_name}/{table}?snapshot_id={snapshot_id}",
+            },
+        )
+        for item in sources:
+            pending.append(lambda d=item: walk_snapshot(d["table"], int(d["snapshot_id"]), ""))
+            for labeler, attr_snapshot in sorted((item.get("attributes") or {}).items()):
+                ident = attribute_table(item["table"], labeler)
+                pending.append(lambda t=ident, a=attr_snapshot: walk_attributes(t, int(a)))
+
+    def walk_attributes(table: str, snapshot_id: int) -> None:
+        """An attribute table a mix's predicates read, and the label runs behind it."""
+        if not add(("snapshot", table, snapshot_id), {"kind": "attributes", "table": table, "snapshot_id": snapshot_id,
+                   "uri": f"iceberg://{cfg.catalog_name}/{table}?snapshot_id={snapshot_id}"}):  # fmt: skip
+            return
+        for run in pipeline_runs(lake, table, snapshot_id):
+            node = {"kind": "pipeline_run", "command": run["command"], "run_id": run["run_id"], "table": table,
+                    "snapshot_id": run["snapshot_id"], "mlflow_run_id": run["mlflow_run_id"], "counts": {}}  # fmt: skip
+            pending.append(lambda key=("pipeline_run", run["run_id"]), node=node: add(key, node))
+
     def walk_snapshot(table: str, snapshot_id: int, predicate: str) -> None:
+        if lake.exists(table) and lake.kind_of(table) == MIX_KIND:
+            walk_mix(table, snapshot_id)
+            return
         if not add(
             ("snapshot", table, snapshot_id),
             {

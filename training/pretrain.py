@@ -31,7 +31,7 @@ from lake.config import LakeConfig
 from lake.errors import LakeError, UsageError
 from training import registry
 from training.config import PretrainConfig, from_dict
-from training.data import DataPosition, SnapshotSource, resolve_source
+from training.data import DataPosition, SnapshotSource, resolve_mix_sources, resolve_source
 
 EXPERIMENT = "train"
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors")
@@ -73,11 +73,15 @@ def run_pretrain(cfg: LakeConfig, job: PretrainConfig, progress: bool = True) ->
     started = time.time()
     lake = Lakehouse.from_config(cfg)
     d = job.data
-    sources = [
-        resolve_source(lake, src.table, where=src.where, as_of=src.as_of, text_column=d.text_column,
-                       id_column=d.id_column)
-        for src in job.sources()
-    ]  # fmt: skip
+    sources = (
+        resolve_mix_sources(lake, d.mix, d.text_column)
+        if d.mix
+        else [
+            resolve_source(lake, src.table, where=src.where, as_of=src.as_of, text_column=d.text_column,
+                           id_column=d.id_column)
+            for src in job.sources()
+        ]
+    )  # fmt: skip
     tok_ref = registry.resolve(cfg, job.tokenizer)
     if tok_ref.tags.get(registry.TAG_KIND) != "tokenizer":
         raise UsageError(f"{job.tokenizer} is not a tokenizer (registered by `lake train tokenizer`)")
@@ -93,6 +97,8 @@ def run_pretrain(cfg: LakeConfig, job: PretrainConfig, progress: bool = True) ->
     check_memory(model_cfg, job)
 
     snapshots = "-".join(str(src.snapshot_id) for src in sources)
+    snapshots += "".join(f"-a{a.snapshot_id}" for src in sources for a in src.attributes)
+    snapshots += "".join(sorted({f"-m{src.selection.snapshot_id}" for src in sources if src.selection}))
     run_key = f"{job.name}-{job.digest()}-{registry.short_digest(snapshots)}"
     mlflow_client = registry.client(cfg)
     run_id, finished = find_or_create_run(cfg, job, sources, tok_ref, run_key)
@@ -282,8 +288,8 @@ def find_or_create_run(cfg: LakeConfig, job: PretrainConfig, sources: list[Snaps
     tags = lineage_tags(job, sources, tok_ref) | {registry.TAG_RUN_KEY: run_key}
     with start_run(cfg, EXPERIMENT, run_name=f"pretrain {job.name}", params=job.as_flat_params()) as run:
         mlflow.set_tags(tags)
-        for src in sources:
-            registry.log_snapshot_input(src.table, src.snapshot_id, src.predicate, src.lineage())
+        for item in training_datasets(sources):
+            registry.log_snapshot_input(item["table"], item["snapshot_id"], item["predicate"], item["counts"])
         run_id = run.info.run_id
     # start_run ended it FINISHED; it is RUNNING until the model is registered
     mlflow_client.update_run(run_id, status="RUNNING")
@@ -292,7 +298,7 @@ def find_or_create_run(cfg: LakeConfig, job: PretrainConfig, sources: list[Snaps
 
 def lineage_tags(job: PretrainConfig, sources: list[SnapshotSource], tok_ref) -> dict[str, str]:
     """Tags that tie a run and its model version to the data, tokenizer, parent and code they came from."""
-    tags = registry.dataset_tags(sources) | {
+    tags = registry.dataset_tags(training_datasets(sources)) | {
         registry.TAG_KIND: "model",
         registry.TAG_STAGE: "pretrain",
         registry.TAG_TOKENIZER: tok_ref.uri,
@@ -301,6 +307,24 @@ def lineage_tags(job: PretrainConfig, sources: list[SnapshotSource], tok_ref) ->
     if job.model.init_from:
         tags[registry.TAG_PARENT] = job.model.init_from
     return tags
+
+
+def training_datasets(sources: list[SnapshotSource]) -> list[dict]:
+    """What a run names as its data: each table snapshot it read, or the mix (whose own lineage names the
+    snapshots it sampled)."""
+    out: dict[tuple, dict] = {}
+    for src in sources:
+        if src.selection is not None:
+            sel = src.selection
+            key = (sel.table, sel.snapshot_id)
+            item = out.setdefault(key, {"table": sel.table, "snapshot_id": sel.snapshot_id, "predicate": "",
+                                        "counts": {"tag": sel.tag, "documents": 0}})  # fmt: skip
+            item["counts"]["documents"] += src.rows_selected
+        else:
+            key = (src.table, src.snapshot_id, src.predicate)
+            out[key] = {"table": src.table, "snapshot_id": src.snapshot_id, "predicate": src.predicate or "",
+                        "counts": src.lineage()}  # fmt: skip
+    return list(out.values())
 
 
 def publish_model(cfg, job, sources, tok_ref, run_id: str, ckpt: Path, state: dict) -> registry.ModelRef:

@@ -164,12 +164,17 @@ def all_versions(cfg: LakeConfig) -> list[dict[str, Any]]:
 
 
 def dataset_tags(sources) -> dict[str, str]:
-    """Lineage tags for the snapshots a job read (``training.data.SnapshotSource``); the first also in the
-    single-table tags, which the MLflow UI shows as columns."""
-    first = sources[0]
-    tags = {TAG_TABLE: first.table, TAG_SNAPSHOT: str(first.snapshot_id), TAG_PREDICATE: first.predicate or ""}
-    if len(sources) > 1:
-        items = [{"table": s.table, "snapshot_id": s.snapshot_id, "predicate": s.predicate or ""} for s in sources]
+    """Lineage tags for the snapshots a job read (``training.data.SnapshotSource`` or dicts with table,
+    snapshot_id, predicate); the first also in the single-table tags, which the MLflow UI shows as columns."""
+    items = [
+        {"table": s["table"], "snapshot_id": s["snapshot_id"], "predicate": s.get("predicate") or ""}
+        if isinstance(s, dict)
+        else {"table": s.table, "snapshot_id": s.snapshot_id, "predicate": s.predicate or ""}
+        for s in sources
+    ]
+    first = items[0]
+    tags = {TAG_TABLE: first["table"], TAG_SNAPSHOT: str(first["snapshot_id"]), TAG_PREDICATE: first["predicate"]}
+    if len(items) > 1:
         tags[TAG_DATASETS] = json.dumps(items)
     return tags
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
+from catalog import attributes
 from catalog.store import Lakehouse
 from lake.config import LakeConfig
 from lake.errors import UsageError
@@ -51,7 +52,8 @@ class TokenizerJobResult:
 
 
 def _frame(lake: Lakehouse, source: SnapshotSource, predicate: str | None) -> pl.LazyFrame:
-    lazy = pl.scan_iceberg(lake.table(source.table), snapshot_id=source.snapshot_id)
+    pins = {a.labeler: a.snapshot_id for a in source.attributes}
+    lazy = attributes.joined_frame(lake, source.table, list(pins), source.snapshot_id, attribute_snapshots=pins)
     return predicate_frame(lazy, predicate).select(
         pl.col(source.id_column).cast(pl.String).fill_null("").alias("id"),
         pl.col(source.text_column).fill_null("").alias("text"),

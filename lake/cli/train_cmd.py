@@ -106,4 +106,32 @@ def pretrain_command(obj: CliContext, config_file: str, fmt: str) -> None:
         click.echo(result.summary())
 
 
+
+@train_group.command("quality-classifier")
+@click.option("--name", required=True, help="Registered model name of the classifier.")
+@click.option("--positive", multiple=True, required=True, metavar="SQL", help="Query returning high-quality `text`.")
+@click.option("--negative", multiple=True, required=True, metavar="SQL", help="Query returning ordinary `text`.")
+@click.option("--max-per-class", "max_per_class", type=int, default=20_000, show_default=True)
+@click.option("--held-out", "held_out", type=float, default=0.1, show_default=True, help="Share kept for accuracy.")
+@click.option("--epoch", type=int, default=5, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@pass_ctx
+def quality_classifier_command(obj: CliContext, name, positive, negative, max_per_class, held_out, epoch, fmt) -> None:
+    """Train a fastText quality classifier (DCLM recipe) and register it with its held-out accuracy. Example:
+
+    lake train quality-classifier --name quality \
+      --positive "SELECT text FROM text.corpus" --negative "SELECT text FROM web.documents"
+    """
+    from training.quality import ClassifierConfig, train_quality_classifier
+
+    config = ClassifierConfig(max_per_class=max_per_class, held_out=held_out, epoch=epoch)
+    result = train_quality_classifier(
+        obj.config, name=name, positive=list(positive), negative=list(negative), config=config
+    )
+    if fmt == "json":
+        emit_json(result.as_dict())
+    else:
+        click.echo(result.summary())
+
+
 COMMANDS = [train_group]
