@@ -22,7 +22,7 @@ import polars as pl
 import pyarrow as pa
 from pyiceberg.table import Table
 
-from catalog.rewrite import ensure_side_table
+from catalog.rewrite import ensure_side_table, replace_rows
 from catalog.store import Lakehouse, parse_identifier
 from lake.errors import UsageError
 
@@ -152,8 +152,8 @@ def write_labels(
         schema=schema,
     )
     props = commit_properties(version, source_snapshot, run_id)
-    if replace and table.current_snapshot() is not None:
-        table.overwrite(rows, snapshot_properties=props)
+    if replace:
+        replace_rows(lake, ident, rows, props)
     else:
         table.append(rows, snapshot_properties=props)
     return lake.resolve_snapshot(ident, None)

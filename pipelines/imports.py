@@ -50,9 +50,8 @@ def convert_text(value: dict | str, context: dict) -> Converted:
         title, fmt = value.get("title"), context["format"]
     if not text.strip():
         return Reject("empty_text")
-    return [
-        {"doc_id": _sha1(text), "text": text, "title": title if isinstance(title, str) else None, "source_format": fmt}
-    ]
+    # doc_id is set from the record's identity by the import loop
+    return [{"doc_id": None, "text": text, "title": title if isinstance(title, str) else None, "source_format": fmt}]
 
 
 # ---- sft ----------------------------------------------------------------------------------------------------
@@ -337,6 +336,8 @@ def import_files(lake: Lakehouse, kind: str, paths: Iterable[str], table: str, p
                 continue
             for n, row in enumerate(result):
                 row.update(lineage, record_key=key if len(result) == 1 else f"{key}.{n}")
+                if "doc_id" in row:  # one id per record: a repeated text is a second document, which dedup labels
+                    row["doc_id"] = _sha1(digest, row["record_key"])
                 rows.append(row)
 
     table_schema = schema_for(IMPORT_KINDS[kind])

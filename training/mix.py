@@ -37,7 +37,7 @@ import pyarrow as pa
 import yaml
 
 from catalog import attributes
-from catalog.rewrite import ensure_side_table
+from catalog.rewrite import ensure_side_table, replace_rows
 from catalog.runs import record_run
 from catalog.store import Lakehouse
 from lake.config import LakeConfig
@@ -424,10 +424,7 @@ def run_mix(cfg: LakeConfig, spec: MixSpec, mlflow: bool = True) -> MixReport:
             PROP_SOURCES: sources,
             "lake.run_id": report.run_id,
         }
-        if current is None:
-            table.append(rows, snapshot_properties=snapshot_props)
-        else:
-            table.overwrite(rows, snapshot_properties=snapshot_props)
+        replace_rows(lake, spec.table, rows, snapshot_props)
         report.snapshot_id = lake.resolve_snapshot(spec.table, None)
     if lake.tags(spec.table).get(report.tag) != report.snapshot_id:
         lake.tag(spec.table, report.tag, report.snapshot_id)

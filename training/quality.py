@@ -231,8 +231,9 @@ def _model_files(cfg: LakeConfig, uri: str, kind: str | None) -> dict[str, bytes
 
 
 def label_quality(cfg: LakeConfig, table: str, model_uri: str, progress: bool = True) -> LabelReport:
-    files = _model_files(cfg, model_uri, KIND)
     lake = Lakehouse.from_config(cfg)
+    lake.table(table)  # an unknown table is reported before any model is fetched
+    files = _model_files(cfg, model_uri, KIND)
     return run_labeler(lake, cfg, table, QualityLabeler(model_uri, files[MODEL_FILE]), progress=progress)
 
 
@@ -248,11 +249,12 @@ def label_ppl(
 ) -> LabelReport:
     from training.perplexity import PerplexityLabeler
 
+    lake = Lakehouse.from_config(cfg)
+    lake.table(table)  # an unknown table is reported before any model is fetched
     files = _model_files(cfg, model_uri, "model")
     if "tokenizer.model" not in files:
         raise UsageError(f"{model_uri} carries no tokenizer.model: register a checkpoint made by lake train")
     # a GPU per actor where the cluster has GPUs (the runner drops the request elsewhere); one thread per CPU actor
     labeler = PerplexityLabeler(model_uri, files, max_tokens=max_tokens, batch_tokens=batch_tokens, num_gpus=1.0)
-    lake = Lakehouse.from_config(cfg)
     params = {"max_tokens": max_tokens, "batch_tokens": batch_tokens}
     return run_labeler(lake, cfg, table, labeler, progress=progress, num_actors=num_actors, extra_params=params)

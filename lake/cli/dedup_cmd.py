@@ -1,4 +1,5 @@
-"""``lake dedup NS.TABLE``: label exact and near-duplicate documents (dup_cluster_id, dup_cluster_size, dup_keep)."""
+"""``lake dedup NS.TABLE``: label exact and near-duplicate documents (dup_cluster_id, dup_cluster_size, dup_keep) in
+the attribute table NS.TABLE__dedup."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def dedup_command(
     no_verify: bool,
     fmt: str,
 ) -> None:
-    """Label duplicates of NS.TABLE as new columns in a new snapshot; nothing is deleted.
+    """Label duplicates of NS.TABLE in the attribute table NS.TABLE__dedup (keyed by doc_id); nothing is deleted
+    and the documents are not rewritten. Read them through the view NS.TABLE__labels.
 
     Exact duplicates (normalised text, URL) and near duplicates (MinHash LSH) become one cluster with one keeper
     (highest quality, then earliest fetch_time, then doc_id). Signatures are stored in NS.TABLE_minhash, so a
@@ -89,13 +91,15 @@ def dedup_command(
         emit_json(report.as_dict())
         return
     click.echo(report.summary())
+    if report.up_to_date:
+        return
     sizes = ", ".join(f"{size}: {n}" for size, n in sorted(report.size_histogram.items()))
     click.echo(
         f"cluster sizes: {sizes or 'none'}; LSH {report.bands} bands x {report.rows} rows; "
         f"{report.hashed} signatures computed"
     )
     tail = f"; MLflow run {report.mlflow_run_id}" if report.mlflow_run_id else ""
-    click.echo(f"{table} @ snapshot {report.snapshot_id}{tail}")
+    click.echo(f"{report.attribute_table} @ snapshot {report.snapshot_id}{tail}")
 
 
 COMMANDS = [dedup_command]

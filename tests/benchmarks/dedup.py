@@ -352,10 +352,12 @@ def import_docs(home: Path, table: str, docs: list[dict], work: Path) -> None:
 def read_labels(home: Path, table: str, n: int) -> list[str]:
     """dup_cluster_id of document i (titles carry the index)."""
     os.environ.update(LAKE_HOME=str(home))
+    from catalog.query import run_query
     from catalog.store import Lakehouse
     from lake.config import load_config
 
-    rows = Lakehouse.from_config(load_config()).read(table, columns=("title", "dup_cluster_id")).to_pylist()
+    lake = Lakehouse.from_config(load_config())
+    rows = run_query(lake, f"SELECT title, dup_cluster_id FROM {table}__labels").to_dicts()
     out = [""] * n
     for row in rows:
         out[int(row["title"].split("|", 1)[0])] = row["dup_cluster_id"]

@@ -10,6 +10,8 @@ import mlflow
 import pytest
 from benchmarks import dedup as bench  # tests/ is on pytest's pythonpath
 
+from catalog.attributes import attribute_table
+from catalog.query import run_query
 from conftest import run_lake
 from lake.config import load_config
 from pipelines.dedup import DedupConfig, dedup_table, signature_table_for
@@ -34,7 +36,8 @@ def write_jsonl(path: Path, docs: list[dict]) -> str:
 
 
 def rows_by_title(lake, table: str) -> dict[str, dict]:
-    return {r["title"]: r for r in lake.read(table).to_pylist()}
+    """Documents with their dedup labels, through the joined view the catalog offers."""
+    return {r["title"]: r for r in run_query(lake, f"SELECT * FROM {table}__labels").to_dicts()}
 
 
 def test_planted_duplicates_found_against_brute_force(lake, tmp_path, pages):
@@ -58,7 +61,7 @@ def test_planted_duplicates_found_against_brute_force(lake, tmp_path, pages):
             page = pages[doc["group"]]["title"]
             assert rows[doc["title"]]["dup_cluster_id"] != rows[page]["dup_cluster_id"]
 
-    # labels: one keeper per cluster, sizes consistent, a new snapshot on top of the imported one
+    # labels: one keeper per cluster, sizes consistent, in the attribute table; the documents are not rewritten
     clusters: dict[str, list[dict]] = {}
     for row in rows.values():
         clusters.setdefault(row["dup_cluster_id"], []).append(row)
@@ -70,9 +73,14 @@ def test_planted_duplicates_found_against_brute_force(lake, tmp_path, pages):
         assert keeper["doc_id"] == members[0]["dup_cluster_id"]
     assert report.duplicates == sum(not r["dup_keep"] for r in rows.values()) > 0
     assert report.clusters == sum(len(m) > 1 for m in clusters.values())
-    assert report.snapshot_id != before and lake.count("web.planted", before) == len(docs)
-    assert "dup_keep" not in lake.read("web.planted", as_of=before).column_names, "time travel sees the old schema"
+    assert lake.resolve_snapshot("web.planted", None) == before, "labelling adds no documents snapshot"
+    assert "dup_keep" not in lake.table("web.planted").schema().column_names
+    labels = attribute_table("web.planted", "dedup")
+    assert report.snapshot_id == lake.resolve_snapshot(labels, None) and lake.count(labels) == len(docs)
     assert lake.count(signature_table_for("web.planted")) == len(docs)
+    # the same labeler on the same snapshot is a no-op
+    again = dedup_table(lake, cfg, "web.planted", DedupConfig(), progress=False)
+    assert again.up_to_date and lake.resolve_snapshot(labels, None) == report.snapshot_id
 
     # the MLflow run with its histogram, and the run record
     mlflow.set_tracking_uri(cfg.mlflow_uri_effective)
@@ -82,7 +90,8 @@ def test_planted_duplicates_found_against_brute_force(lake, tmp_path, pages):
     assert {"cluster_sizes.png", "dedup_report.json"} <= artifacts
     assert Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(cfg.mlflow_artifacts_dir.resolve())
     runs = lake.read("lake.runs").to_pylist()
-    assert any(r["command"] == "dedup" and r["snapshot_id"] == report.snapshot_id for r in runs)
+    assert any(r["command"] == "dedup" and r["snapshot_id"] == report.snapshot_id and r["target_table"] == labels
+               for r in runs)  # fmt: skip
 
 
 def test_new_batches_are_compared_without_rehashing(lake, lake_env, tmp_path, pages):
@@ -90,17 +99,20 @@ def test_new_batches_are_compared_without_rehashing(lake, lake_env, tmp_path, pa
     first = [dict(p, title=f"old/{i}") for i, p in enumerate(pages[:16])]
     import_files(lake, "text", [write_jsonl(tmp_path / "b1.jsonl", first)], "web.docs", progress=False)
     cfg = load_config()
-    seen = len(lake.snapshots("web.docs"))
+    labels = attribute_table("web.docs", "dedup")
+    documents_snapshots = len(lake.snapshots("web.docs"))
+    seen = 0
 
-    def one_new_snapshot() -> None:  # each dedup run is one atomic overwrite, never a delete + an append
+    def one_new_snapshot(operation: str) -> None:  # each dedup run is one commit of its labels; no documents commit
         nonlocal seen
-        new = lake.snapshots("web.docs")[seen:]
+        new = lake.snapshots(labels)[seen:]
         seen += len(new)
-        assert [s.operation for s in new] == ["overwrite"], new
+        assert [s.operation for s in new] == [operation], new
+        assert len(lake.snapshots("web.docs")) == documents_snapshots
 
     one = dedup_table(lake, cfg, "web.docs", DedupConfig(mlflow=False, quality="LENGTH(text)"), progress=False)
     assert one.hashed == 16 and one.duplicates == 0
-    one_new_snapshot()
+    one_new_snapshot("append")
 
     # crawl batch 2: near copies (J ~0.9) of two old pages, an exact copy, and two unseen pages
     copies = [
@@ -111,12 +123,12 @@ def test_new_batches_are_compared_without_rehashing(lake, lake_env, tmp_path, pa
         dict(pages[17], title="new/unseen17"),
     ]
     import_files(lake, "text", [write_jsonl(tmp_path / "b2.jsonl", copies)], "web.docs", progress=False)
-    seen += 1
+    documents_snapshots += 1
     result = run_lake("dedup", "web.docs", "--quality", "LENGTH(text)", "--format", "json", env=lake_env)
     assert result.returncode == 0, result.stderr[-2000:]
     two = json.loads(result.stdout.strip().splitlines()[-1])
     assert two["hashed"] == 5, "old documents are not hashed again"
-    one_new_snapshot()
+    one_new_snapshot("overwrite")
     assert lake.count(signature_table_for("web.docs")) == 21
     rows = rows_by_title(lake, "web.docs")
     assert len(rows) == 21 and two["documents"] == 21
@@ -135,9 +147,9 @@ def test_new_batches_are_compared_without_rehashing(lake, lake_env, tmp_path, pa
         {"text": pages[18]["text"].lower(), "title": "b3/p18-lower"},
     ]
     import_files(lake, "text", [write_jsonl(tmp_path / "b3.jsonl", third)], "web.docs", progress=False)
-    seen += 1
+    documents_snapshots += 1
     three = dedup_table(lake, cfg, "web.docs", DedupConfig(mlflow=False, scope="batch"), progress=False)
-    one_new_snapshot()
+    one_new_snapshot("append")
     assert three.hashed == 3 and three.documents == 3
     after = rows_by_title(lake, "web.docs")
     assert len(after) == 24
