@@ -63,6 +63,7 @@ def _register() -> None:
         catalog_cmd,
         config_cmd,
         dedup_cmd,
+        eval_cmd,
         import_cmd,
         ingest_cmd,
         models_cmd,
@@ -79,6 +80,7 @@ def _register() -> None:
         ingest_cmd,
         dedup_cmd,
         train_cmd,
+        eval_cmd,
         models_cmd,
         services_cmd,
     ):
