@@ -151,7 +151,7 @@ def _run_stage(cfg: LakeConfig, job: SFTConfig | RewardConfig, stage: str, progr
     mlflow_client = registry.client(cfg)
     if result.error is not None:
         mlflow_client.set_terminated(run_id, status="FAILED")
-        raise LakeError(f"training failed: {str(result.error).splitlines()[0]}")
+        raise LakeError(f"training failed: {runs.error_line(result.error)}")
     if result.checkpoint is None:
         raise LakeError("training ended without a checkpoint")
     with result.checkpoint.as_directory() as ckpt:
@@ -247,6 +247,9 @@ def posttrain_worker(plan: dict[str, Any]) -> None:
     if job.scaling.torch_threads:
         torch.set_num_threads(job.scaling.torch_threads)
     base_dir = runs.write_folder(plan["base_files"], "lake-base-")
+    # the tokenizer travels with every export; the template lives in the model's tags, not in a jinja file
+    tokenizer_files = {k: v for k, v in plan["base_files"].items() if k.startswith(("tokenizer", "special_tokens"))}
+    tok_dir = runs.write_folder(tokenizer_files, "lake-tok-")
     model, model_cfg, special = build_model(stage, base_dir, job)
     resume_dir = runs.restore_checkpoint()
     if resume_dir is not None:
@@ -281,11 +284,7 @@ def posttrain_worker(plan: dict[str, Any]) -> None:
                 return
             state = {"step": step, "tokens": loop_state.tokens, "before": before, "final_metrics": metrics}
             export = merged(model)  # LoRA adapters folded in: the same HF layout as the base model
-            save_pretrained(export, model_cfg, folder, base_dir if stage == "sft" else None, **special_kwargs(special))
-            if stage == "reward":  # the tokenizer files too (save_pretrained refuses the base's config.json)
-                for item in base_dir.iterdir():
-                    if item.name.startswith(("tokenizer", "special_tokens", "chat_template")):
-                        (folder / item.name).write_bytes(item.read_bytes())
+            save_pretrained(export, model_cfg, folder, tok_dir, **special_kwargs(special))
             save_model(model, str(folder / TRAIN_WEIGHTS))  # the trainable module as is (LoRA included): resume
             save_training_state(folder, optimizer, state)
             metrics_log.flush()

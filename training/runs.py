@@ -170,8 +170,15 @@ def fit_with_progress(trainer, events, total_steps: int, progress: bool, desc: s
             bar.refresh()
     thread.join()
     if "error" in outcome:
-        raise LakeError(f"training failed: {str(outcome['error']).splitlines()[0]}")
+        raise LakeError(f"training failed: {error_line(outcome['error'])}")
     return outcome["result"], last
+
+
+def error_line(error: BaseException) -> str:
+    """One line for a (worker) error: Ray's message ends with the worker's own exception, which says most."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    raised = [line for line in lines if "Error:" in line or "Exception:" in line]
+    return raised[-1] if raised else (lines[0] if lines else type(error).__name__)
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:

@@ -1,4 +1,4 @@
-"""``lake train tokenizer|pretrain|sft|reward``: training jobs over catalog snapshots, tracked and registered in MLflow."""
+"""``lake train tokenizer|pretrain|sft|reward``: training on catalog snapshots, tracked and registered in MLflow."""
 
 from __future__ import annotations
 
