@@ -157,6 +157,8 @@ class ChatTemplate:
         if not prompt:
             return "no_prompt"
         for dropped in range(len(prompt)):
+            if dropped and ROLE_OF.get(prompt[dropped]["role"]) == "assistant":
+                continue  # the kept context starts with a user (or system) turn
             pair = [self.encode([*prompt[dropped:], {"role": "assistant", "content": a}]) for a in (chosen, rejected)]
             if max_len is None or max(len(e) for e in pair) <= max_len:
                 return pair[0].ids, pair[1].ids, dropped
