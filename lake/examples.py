@@ -10,6 +10,8 @@ EXAMPLES: dict[str, tuple[str, str]] = {
     "lake.toml": ("lake", "examples/lake.toml"),
     "recipes/web.yaml": ("operators", "recipes/default.yaml"),
     "train/pretrain.yaml": ("lake", "examples/pretrain.yaml"),
+    "train/sft.yaml": ("lake", "examples/sft.yaml"),
+    "train/reward.yaml": ("lake", "examples/reward.yaml"),
 }
 
 
