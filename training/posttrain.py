@@ -367,11 +367,21 @@ def sft_batches(items, job: SFTConfig, special, start: int, rank: int, world: in
 
 
 def sft_loss_fn(model, batch) -> tuple[torch.Tensor, int]:
-    from training.losses import sft_loss
+    """``sft_loss`` on the batch. Single-process, the LM head runs only at positions whose next token is an
+    answer token (the same loss: the other positions carry no loss, so their logits are never needed; TRL's fused
+    head does the same), which saves most of the vocabulary-sized work on prompt-heavy batches."""
+    from training.losses import IGNORE_INDEX, causal_lm_loss, sft_loss
     from training.model import block_causal_mask
 
     mask = None if batch.position_ids is None else block_causal_mask(batch.position_ids)
-    return sft_loss(model(batch.input_ids, batch.position_ids, mask), batch.labels), batch.n_tokens
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA: the injected model
+    if not hasattr(lm, "lm_head"):  # DDP: the wrapper's forward must run for gradient sync
+        return sft_loss(model(batch.input_ids, batch.position_ids, mask), batch.labels), batch.n_tokens
+    hidden = lm.model(batch.input_ids, batch.position_ids, mask)[:, :-1]
+    targets = batch.labels[:, 1:]
+    answer = targets != IGNORE_INDEX
+    logits = lm.lm_head(hidden[answer])
+    return causal_lm_loss(logits[None], targets[answer][None]), batch.n_tokens
 
 
 @torch.no_grad()
