@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
 		$(PY) -m pip install -q "torch>=2.4"; else $(PY) -m pip install -q torch==2.13.0; fi
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,bench]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -34,8 +34,21 @@ demo: $(STAMP)
 	$(LAKE) --config $(DEMO)/lake.toml dedup web.documents
 	$(LAKE) --config $(DEMO)/lake.toml train tokenizer --table text.corpus --vocab-size 8000 --name lake-tok \
 		--eval zh="input_uri LIKE '%peoples_daily%'" --eval en="input_uri LIKE '%c4_demo%'"
+	$(LAKE) --config $(DEMO)/lake.toml train pretrain $(DEMO)/train/reference.yaml
+	$(LAKE) --config $(DEMO)/lake.toml train quality-classifier --name quality \
+		--positive "SELECT text FROM text.corpus WHERE input_uri NOT LIKE '%c4_demo%'" \
+		--positive "SELECT m.content AS text FROM (SELECT array_get(messages, 2) AS m FROM sft.examples)" \
+		--negative "SELECT text FROM web.documents" --negative "SELECT text FROM text.corpus WHERE input_uri LIKE '%c4_demo%'"
+	$(LAKE) --config $(DEMO)/lake.toml label quality web.documents --model models:/quality/1
+	$(LAKE) --config $(DEMO)/lake.toml label ppl web.documents --model models:/ref-lm/1
+	$(LAKE) --config $(DEMO)/lake.toml query "SELECT lang, ppl_bucket, count(*) AS docs, round(avg(quality_score), 3) AS quality FROM web.documents__labels WHERE dup_keep GROUP BY 1, 2 ORDER BY 1, 2"
+	$(LAKE) --config $(DEMO)/lake.toml mix $(DEMO)/train/mix.yaml
 	$(LAKE) --config $(DEMO)/lake.toml train pretrain $(DEMO)/train/pretrain.yaml
-	$(LAKE) --config $(DEMO)/lake.toml lineage models:/tiny-web/1
+	$(LAKE) --config $(DEMO)/lake.toml train sft $(DEMO)/train/sft.yaml
+	$(LAKE) --config $(DEMO)/lake.toml train reward $(DEMO)/train/reward.yaml
+	$(LAKE) --config $(DEMO)/lake.toml eval models:/tiny-rm/1 --suite pairs --pairs-table pref.pairs \
+		--where "input_uri LIKE '%helpful%'"
+	$(LAKE) --config $(DEMO)/lake.toml lineage models:/tiny-rm/1
 	$(LAKE) --config $(DEMO)/lake.toml models
 	$(LAKE) --config $(DEMO)/lake.toml catalog tables
 	$(LAKE) --config $(DEMO)/lake.toml query "SELECT lang, count(*) AS docs, sum(CASE WHEN gopher_reason IS NULL THEN 1 ELSE 0 END) AS gopher_ok FROM web.documents GROUP BY lang ORDER BY docs DESC"
@@ -52,6 +65,7 @@ bench: $(STAMP)
 	$(PY) tests/benchmarks/curation.py --pages 6000 --files 8
 	$(PY) tests/benchmarks/dedup.py
 	$(PY) tests/benchmarks/pretrain.py
+	$(PY) tests/benchmarks/posttrain.py
 
 clean:
 	rm -rf $(DEMO) lakehouse

@@ -9,7 +9,11 @@ from pathlib import Path
 EXAMPLES: dict[str, tuple[str, str]] = {
     "lake.toml": ("lake", "examples/lake.toml"),
     "recipes/web.yaml": ("operators", "recipes/default.yaml"),
+    "train/reference.yaml": ("lake", "examples/reference.yaml"),
+    "train/mix.yaml": ("lake", "examples/mix.yaml"),
     "train/pretrain.yaml": ("lake", "examples/pretrain.yaml"),
+    "train/sft.yaml": ("lake", "examples/sft.yaml"),
+    "train/reward.yaml": ("lake", "examples/reward.yaml"),
 }
 
 

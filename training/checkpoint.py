@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from training.model import LlamaModel, ModelConfig
+from training.model import LlamaModel, ModelConfig, RewardModel
 
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"  # sharded checkpoints written by transformers
@@ -32,12 +32,15 @@ def config_to_hf(
     bos_token_id: int | None = None,
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
+    architecture: str = "LlamaForCausalLM",
 ) -> dict:
     """The LlamaConfig JSON for cfg. Special-token ids are written even when None, so transformers does not fall
-    back to Llama-2's defaults (bos 1, eos 2)."""
+    back to Llama-2's defaults (bos 1, eos 2). ``architecture`` "LlamaForSequenceClassification" is a reward model
+    (one label, pooled at the last non-pad token, which is why pad_token_id must be set)."""
     dtype_name = _dtype_name(dtype)
-    return {
-        "architectures": ["LlamaForCausalLM"],
+    labels = {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}} if architecture != "LlamaForCausalLM" else {}
+    return labels | {
+        "architectures": [architecture],
         "model_type": "llama",
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.dim,
@@ -101,7 +104,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
 
 
 def save_pretrained(
-    model: LlamaModel,
+    model: LlamaModel | RewardModel,
     cfg: ModelConfig,
     out_dir: str | Path,
     tokenizer_dir: str | Path | None = None,
@@ -113,6 +116,7 @@ def save_pretrained(
     pad_token_id: int | None = None,
 ) -> Path:
     """Write model + config (+ tokenizer files + extra files) to out_dir in the HF Llama layout; returns out_dir.
+    A ``RewardModel`` is written as ``LlamaForSequenceClassification`` (its ``pad_id`` as pad_token_id).
 
     dtype: weights are cast to it on the way out (fp32 default; bf16 halves the size).
     tokenizer_dir: every regular file in it is copied (tokenizer.model, tokenizer_config.json, ...).
@@ -126,11 +130,15 @@ def save_pretrained(
     state = {k: v.detach().to(device="cpu", dtype=dtype).contiguous() for k, v in model.state_dict().items()}
     if cfg.tie_embeddings:
         # one storage for both names: safetensors refuses shared tensors, and HF re-ties lm_head on load
-        state.pop("lm_head.weight")
+        state.pop("lm_head.weight", None)
     save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
 
+    is_reward = isinstance(model, RewardModel)
+    if is_reward:
+        pad_token_id = model.pad_id
     special = dict(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
-    _write_json(out / CONFIG_NAME, config_to_hf(cfg, dtype=dtype, **special))
+    architecture = "LlamaForSequenceClassification" if is_reward else "LlamaForCausalLM"
+    _write_json(out / CONFIG_NAME, config_to_hf(cfg, dtype=dtype, architecture=architecture, **special))
     _write_json(out / GENERATION_CONFIG_NAME, {k: v for k, v in special.items() if v is not None})
 
     if tokenizer_dir is not None:
@@ -172,6 +180,18 @@ def load_pretrained(
     model.load_state_dict(state, strict=True)
     if cfg.tie_embeddings:  # load_state_dict copies into the tied Parameter, so the tie survives
         assert model.lm_head.weight is model.model.embed_tokens.weight
+    return model.to(device).eval(), cfg
+
+
+def load_reward_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[RewardModel, ModelConfig]:
+    """A reward model exported by ``save_pretrained`` (HF ``LlamaForSequenceClassification`` layout), in eval mode."""
+    path = Path(path)
+    hf = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
+    if "LlamaForSequenceClassification" not in hf.get("architectures", []) or hf.get("pad_token_id") is None:
+        raise ValueError(f"{path} is not a reward model (LlamaForSequenceClassification with a pad_token_id)")
+    cfg = config_from_hf(hf)
+    model = RewardModel(cfg, pad_id=hf["pad_token_id"], seed=None)
+    model.load_state_dict(read_safetensors_state(path), strict=True)
     return model.to(device).eval(), cfg
 
 

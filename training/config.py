@@ -16,6 +16,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from lake.errors import UsageError
+from training.chat import TemplateConfig
 
 
 @dataclass(kw_only=True)
@@ -78,8 +79,48 @@ class ScalingSection:
     max_failures: int = 1
 
 
+class JobConfig:
+    """What every job config shares: its resume digest and its MLflow params."""
+
+    def digest(self) -> str:
+        """A short stable digest of everything that determines the run (its resume key)."""
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def as_flat_params(self) -> dict[str, Any]:
+        """``section.key`` -> value, for MLflow params."""
+        flat: dict[str, Any] = {}
+        for key, value in dataclasses.asdict(self).items():
+            if isinstance(value, dict):
+                for sub, v in value.items():
+                    flat[f"{key}.{sub}"] = json.dumps(v) if isinstance(v, dict | list) else v
+            else:
+                flat[key] = value
+        return flat
+
+
+def optim_problems(o: OptimConfig) -> list[str]:
+    problems = []
+    for key in ("batch_size", "grad_accum", "max_steps", "eval_every", "checkpoint_every", "log_every"):
+        if getattr(o, key) < 1:
+            problems.append(f"optim.{key}: must be at least 1")
+    if o.schedule not in ("cosine", "wsd", "constant"):
+        problems.append(f"optim.schedule: {o.schedule!r} is not one of cosine, wsd, constant")
+    if o.precision not in ("auto", "fp32", "bf16"):
+        problems.append(f"optim.precision: {o.precision!r} is not one of auto, fp32, bf16")
+    if o.compile not in ("auto", "on", "off"):
+        problems.append(f"optim.compile: {o.compile!r} is not one of auto, on, off")
+    if not 0 <= o.warmup_steps < o.max_steps:
+        problems.append("optim.warmup_steps: must be below optim.max_steps")
+    return problems
+
+
+def scaling_problems(s: ScalingSection) -> list[str]:
+    return ["scaling.num_workers: must be at least 1"] if s.num_workers < 1 else []
+
+
 @dataclass(kw_only=True)
-class PretrainConfig:
+class PretrainConfig(JobConfig):
     name: str = ""  # registered model name
     tokenizer: str = ""  # models:/NAME/V of a tokenizer registered by `lake train tokenizer`
     data: DataConfig = field(default_factory=DataConfig)
@@ -99,22 +140,9 @@ class PretrainConfig:
             problems.append("data.mix: a mix already chooses its documents; drop data.table/where/sources")
         if not 0 <= self.data.val_fraction < 0.5:
             problems.append("data.val_fraction: must be in [0, 0.5)")
-        o = self.optim
-        for key in ("batch_size", "grad_accum", "max_steps", "eval_every", "checkpoint_every", "log_every"):
-            if getattr(o, key) < 1:
-                problems.append(f"optim.{key}: must be at least 1")
-        if o.schedule not in ("cosine", "wsd", "constant"):
-            problems.append(f"optim.schedule: {o.schedule!r} is not one of cosine, wsd, constant")
-        if o.precision not in ("auto", "fp32", "bf16"):
-            problems.append(f"optim.precision: {o.precision!r} is not one of auto, fp32, bf16")
-        if o.compile not in ("auto", "on", "off"):
-            problems.append(f"optim.compile: {o.compile!r} is not one of auto, on, off")
-        if not 0 <= o.warmup_steps < o.max_steps:
-            problems.append("optim.warmup_steps: must be below optim.max_steps")
+        problems += optim_problems(self.optim) + scaling_problems(self.scaling)
         if self.model.seq_len < 8:
             problems.append("model.seq_len: must be at least 8")
-        if self.scaling.num_workers < 1:
-            problems.append("scaling.num_workers: must be at least 1")
         if problems:
             raise UsageError("; ".join(problems))
         self.sources()  # unknown keys in data.sources fail here, before anything runs
@@ -125,22 +153,6 @@ class PretrainConfig:
         first = [SourceConfig(table=self.data.table, where=self.data.where, as_of=self.data.as_of)]
         more = [from_dict(SourceConfig, item, f"data.sources[{i}]") for i, item in enumerate(self.data.sources)]
         return (first if self.data.table else []) + more
-
-    def digest(self) -> str:
-        """A short stable digest of everything that determines the run (its resume key)."""
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-    def as_flat_params(self) -> dict[str, Any]:
-        """``section.key`` -> value, for MLflow params."""
-        flat: dict[str, Any] = {}
-        for key, value in dataclasses.asdict(self).items():
-            if isinstance(value, dict):
-                for sub, v in value.items():
-                    flat[f"{key}.{sub}"] = json.dumps(v) if isinstance(v, dict) else v
-            else:
-                flat[key] = value
-        return flat
 
 
 def from_dict(cls, values: dict[str, Any], where: str = ""):
@@ -192,3 +204,97 @@ def load_yaml(path: str | Path, cls=PretrainConfig):
     except yaml.YAMLError as exc:
         raise UsageError(f"cannot parse {p}: {str(exc).splitlines()[0]}") from None
     return from_dict(cls, values).validate()
+
+
+# ---- post-training: SFT and reward models --------------------------------------------------------------------
+@dataclass(kw_only=True)
+class ChatDataConfig:
+    table: str = "sft.examples"  # sft.examples (messages) for SFT, pref.pairs (prompt/chosen/rejected) for rewards
+    where: str | None = None  # SQL predicate, e.g. "category = 'open qa'" or "source_format = 'alpaca'"
+    as_of: str | None = None  # snapshot id or tag; None pins the current snapshot when the job starts
+    id_column: str | None = None  # held-out split key; default example_id / pair_id
+    val_fraction: float = 0.05  # share of rows held out by a hash of the id (never trained on)
+    val_max_examples: int = 2048  # held-out rows evaluated at most (the first by hash order)
+
+
+@dataclass(kw_only=True)
+class MixConfig:
+    """Pretraining text mixed into SFT (keeps the base model's language modelling; loss on every token)."""
+
+    table: str = ""  # NS.TABLE of text; empty: no mixing
+    where: str | None = None
+    as_of: str | None = None
+    text_column: str = "text"
+    fraction: float = 0.0  # share of training sequences that are pretraining text
+
+
+@dataclass(kw_only=True)
+class LoraConfig:
+    rank: int = 0  # 0: full fine-tuning; > 0: LoRA adapters of this rank (peft), merged into the export
+    alpha: float = 16.0  # scaling alpha / rank
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+def _post_problems(job, default_table: str) -> list[str]:
+    problems = []
+    if not job.name:
+        problems.append("name: the registered model name is required")
+    if not job.base.startswith("models:/"):
+        problems.append("base: give the model to start from as models:/NAME/VERSION")
+    if not job.data.table:
+        problems.append(f"data.table: the NS.TABLE to train on is required (e.g. {default_table})")
+    if not 0 < job.data.val_fraction < 1:
+        problems.append("data.val_fraction: must be in (0, 1)")
+    if job.seq_len < 16:
+        problems.append("seq_len: must be at least 16")
+    if job.lora.rank < 0:
+        problems.append("lora.rank: must be >= 0 (0 is full fine-tuning)")
+    if not 0 <= job.lora.dropout < 1:
+        problems.append("lora.dropout: must be in [0, 1)")
+    return problems + job.template.problems() + optim_problems(job.optim) + scaling_problems(job.scaling)
+
+
+@dataclass(kw_only=True)
+class SFTConfig(JobConfig):
+    name: str = ""  # registered model name
+    base: str = ""  # models:/NAME/V of the pretrained model to fine-tune (its tokenizer comes with it)
+    data: ChatDataConfig = field(default_factory=ChatDataConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+    template: TemplateConfig = field(default_factory=TemplateConfig)
+    seq_len: int = 256  # longer conversations are skipped (counted as too_long), never truncated
+    packing: bool = True  # several examples per row, positions and attention reset per example
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=0.0))
+    scaling: ScalingSection = field(default_factory=ScalingSection)
+
+    def validate(self) -> SFTConfig:
+        problems = _post_problems(self, "sft.examples")
+        if not 0 <= self.mix.fraction < 1:
+            problems.append("mix.fraction: must be in [0, 1)")
+        if self.mix.fraction > 0 and not self.mix.table:
+            problems.append("mix.table: name the pretraining text table to mix in")
+        if problems:
+            raise UsageError("; ".join(problems))
+        return self
+
+
+@dataclass(kw_only=True)
+class RewardConfig(JobConfig):
+    name: str = ""
+    base: str = ""  # models:/NAME/V of the SFT (or base) model whose backbone gets the scalar head
+    data: ChatDataConfig = field(default_factory=lambda: ChatDataConfig(table="pref.pairs"))
+    template: TemplateConfig = field(default_factory=TemplateConfig)
+    seq_len: int = 256  # a pair longer than this drops its earliest prompt turns; skipped if it still does not fit
+    margin: float = 0.0  # m in -log σ(r_chosen - r_rejected - m)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=0.0))
+    scaling: ScalingSection = field(default_factory=ScalingSection)
+
+    def validate(self) -> RewardConfig:
+        problems = _post_problems(self, "pref.pairs")
+        if problems:
+            raise UsageError("; ".join(problems))
+        return self

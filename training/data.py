@@ -209,6 +209,22 @@ def resolve_mix_sources(lake: Lakehouse, mix: str, text_column: str = "text") ->
     return sources
 
 
+def source_frame(lake: Lakehouse, source: SnapshotSource) -> pl.LazyFrame:
+    """The pinned snapshot as a lazy frame, joined with its pinned attribute tables' labels."""
+    pins = {a.labeler: a.snapshot_id for a in source.attributes}
+    return attributes.joined_frame(lake, source.table, list(pins), source.snapshot_id, attribute_snapshots=pins)
+
+
+def read_rows(lake: Lakehouse, source: SnapshotSource, columns: list[str]) -> list[dict]:
+    """The selected rows of a pinned snapshot (predicate applied), with ``columns`` and the id column, in a
+    deterministic order (by id). For the small tables of post-training (chat examples, preference pairs): the
+    driver holds them; pretraining corpora go through ``build_dataset`` instead."""
+    lazy = source_frame(lake, source)
+    wanted = list(dict.fromkeys([source.id_column, *columns]))
+    frame = predicate_frame(lazy, source.predicate).select(wanted).collect()
+    return frame.sort(source.id_column).to_dicts()
+
+
 def row_hash(row_id: str, salt: str = "") -> int:
     """A stable 63-bit hash of a row id (blake2b: the same on every machine and Python version)."""
     digest = hashlib.blake2b(row_id.encode("utf-8"), digest_size=8, person=salt.encode()[:16]).digest()

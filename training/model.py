@@ -193,13 +193,43 @@ class DecoderLayer(nn.Module):
 
 
 class Backbone(nn.Module):
-    """The `model.` prefix of HF's state dict: embeddings, layers, final norm."""
+    """The `model.` prefix of HF's state dict: embeddings, layers, final norm (and RoPE tables, not saved). Its
+    output, the normed last hidden states, feeds the LM head (``LlamaModel``) or a reward head (``RewardModel``)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        cos, sin = rope_cos_sin(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids [B, T] -> normed last hidden states [B, T, dim]; arguments as in ``LlamaModel.forward``."""
+        T = input_ids.shape[1]
+        if T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
+        if position_ids is None:
+            cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        else:
+            cos, sin = self.rope_cos[position_ids], self.rope_sin[position_ids]
+            if position_ids.ndim == 2:  # [B, T, hd] -> [B, 1, T, hd], broadcast over heads
+                cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        x = self.embed_tokens(input_ids)
+        # cos/sin follow the activations' dtype (bf16 under .to(bfloat16)), as in HF
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        if attn_mask is not None and attn_mask.ndim == 3:
+            attn_mask = attn_mask.unsqueeze(1)
+        for layer in self.layers:
+            x = layer(x, cos, sin, attn_mask)
+        return self.norm(x)
 
 
 class LlamaModel(nn.Module):
@@ -213,9 +243,6 @@ class LlamaModel(nn.Module):
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        cos, sin = rope_cos_sin(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
         if seed is not None:
             self.init_weights(seed)
 
@@ -245,23 +272,7 @@ class LlamaModel(nn.Module):
         [B, T, T] mask is accepted too. It replaces the built-in causal mask, so it must be causal itself, and
         every query must be allowed at least itself (keep the diagonal), else sdpa returns NaN for that row.
         """
-        T = input_ids.shape[1]
-        if T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
-        if position_ids is None:
-            cos, sin = self.rope_cos[:T], self.rope_sin[:T]
-        else:
-            cos, sin = self.rope_cos[position_ids], self.rope_sin[position_ids]
-            if position_ids.ndim == 2:  # [B, T, hd] -> [B, 1, T, hd], broadcast over heads
-                cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        x = self.model.embed_tokens(input_ids)
-        # cos/sin follow the activations' dtype (bf16 under .to(bfloat16)), as in HF
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-        if attn_mask is not None and attn_mask.ndim == 3:
-            attn_mask = attn_mask.unsqueeze(1)
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, attn_mask)
-        return self.lm_head(self.model.norm(x))
+        return self.lm_head(self.model(input_ids, position_ids, attn_mask))
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Unique parameters (a tied matrix counts once); exclude_embeddings drops the token embedding and an
@@ -283,6 +294,37 @@ class LlamaModel(nn.Module):
         c = self.cfg
         n_matmul = self.num_params(exclude_embeddings=True) + c.vocab_size * c.dim
         return 6 * n_matmul + 12 * c.n_layers * c.dim * seq_len
+
+
+class RewardModel(nn.Module):
+    """The decoder with a scalar head: ``forward(input_ids) -> rewards [B]``, read at each row's last non-pad
+    token (where the whole prompt and response have been seen). State-dict keys equal HF's
+    ``LlamaForSequenceClassification`` with ``num_labels=1`` (``model.*`` + ``score.weight``), so the exported
+    checkpoint loads with ``AutoModelForSequenceClassification``."""
+
+    def __init__(self, cfg: ModelConfig, pad_id: int, seed: int | None = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.pad_id = pad_id
+        self.model = Backbone(cfg)
+        self.score = nn.Linear(cfg.dim, 1, bias=False)
+        if seed is not None:  # a fresh head (the backbone is usually loaded from an LM right after)
+            gen = torch.Generator(device="cpu").manual_seed(seed)
+            with torch.no_grad():
+                self.score.weight.copy_(torch.empty(self.score.weight.shape).normal_(0.0, cfg.init_std, generator=gen))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [B, T], right-padded with ``pad_id`` -> rewards [B] (fp32).
+
+        The pooled position is HF's rule: the last position that is not ``pad_id`` (so a pad id inside the text
+        would move it; our tokenizer never produces one). Right padding needs no attention mask: causal attention
+        never lets a real token see the pads after it.
+        """
+        hidden = self.model(input_ids)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        last = (positions * (input_ids != self.pad_id)).argmax(dim=-1)
+        pooled = hidden[torch.arange(input_ids.shape[0], device=input_ids.device), last]
+        return self.score(pooled).squeeze(-1).float()
 
 
 def block_causal_mask(position_ids: torch.Tensor) -> torch.Tensor:

@@ -15,10 +15,6 @@ import dataclasses
 import json
 import math
 import os
-import queue
-import shutil
-import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +25,9 @@ import torch
 from catalog.store import Lakehouse
 from lake.config import LakeConfig
 from lake.errors import LakeError, UsageError
-from training import registry
+from training import registry, runs
 from training.config import PretrainConfig, from_dict
 from training.data import DataPosition, SnapshotSource, resolve_mix_sources, resolve_source
-
-EXPERIMENT = "train"
-MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors")
-FAULT_STEP_ENV = "LAKE_FAULT_TRAIN_STEP"  # tests: fail a worker once after this step ...
-FAULT_MARKER_ENV = "LAKE_FAULT_TRAIN_MARKER"  # ... unless this file exists (it is created on the failure)
 
 
 @dataclass
@@ -114,7 +105,7 @@ def run_pretrain(cfg: LakeConfig, job: PretrainConfig, progress: bool = True) ->
     init_ray(cfg, num_cpus=max(os.cpu_count() or 1, math.ceil(s.num_workers * s.cpus_per_worker) + 2))
     import ray
 
-    check_cluster(ray.cluster_resources(), job)
+    runs.check_cluster(ray.cluster_resources(), job.scaling)
     from ray.util.queue import Queue
 
     from training.data import build_dataset, validation_windows
@@ -135,7 +126,7 @@ def run_pretrain(cfg: LakeConfig, job: PretrainConfig, progress: bool = True) ->
         "job": dataclasses.asdict(job),
         "model_config": model_cfg.to_dict(),
         "tokenizer_files": {p.name: p.read_bytes() for p in tok_dir.iterdir() if p.is_file() and p.name != ".complete"},
-        "init_files": _folder_bytes(init_dir) if init_dir else None,
+        "init_files": runs.folder_bytes(init_dir) if init_dir else None,
         "mlflow_uri": cfg.mlflow_uri_effective,
         "run_id": run_id,
         "events": events,
@@ -143,8 +134,8 @@ def run_pretrain(cfg: LakeConfig, job: PretrainConfig, progress: bool = True) ->
         "bytes_per_token": bytes_per_token,
         "special_ids": {"bos": tokenizer.bos_id, "eos": tokenizer.eos_id, "pad": tokenizer.pad_id},
     }
-    trainer = _trainer(cfg, job, plan, run_key, train_data)
-    result, last = _fit_with_progress(trainer, events, job.optim.max_steps, progress)
+    trainer = runs.torch_trainer(cfg, train_worker, plan, run_key, job.scaling, {"train": train_data})
+    result, last = runs.fit_with_progress(trainer, events, job.optim.max_steps, progress, desc="pretrain")
     if result.error is not None:
         mlflow_client.set_terminated(run_id, status="FAILED")
         raise LakeError(f"training failed: {str(result.error).splitlines()[0]}")
@@ -153,7 +144,7 @@ def run_pretrain(cfg: LakeConfig, job: PretrainConfig, progress: bool = True) ->
     with result.checkpoint.as_directory() as ckpt:
         state = json.loads((Path(ckpt) / "trainer_state.json").read_text())
         ref = publish_model(cfg, job, sources, tok_ref, run_id, Path(ckpt), state)
-    log_loss_curve(mlflow_client, run_id)
+    runs.log_loss_curve(mlflow_client, run_id)
     mlflow_client.set_terminated(run_id, status="FINISHED")
     ray.kill(events.actor)
     final = state.get("final_metrics", {})
@@ -169,30 +160,6 @@ def run_pretrain(cfg: LakeConfig, job: PretrainConfig, progress: bool = True) ->
         tokens_per_s=last.get("train/tokens_per_s"),
         data_wait_frac=last.get("train/data_wait_frac"),
         resumed_from_step=state.get("resumed_from_step", 0),
-    )
-
-
-def _trainer(cfg: LakeConfig, job: PretrainConfig, plan: dict, run_key: str, train_data):
-    """Ray Train V2: the run name is the resume key, so the same job finds its own checkpoints again."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    s = job.scaling
-    return TorchTrainer(
-        train_worker,
-        train_loop_config=plan,
-        scaling_config=ScalingConfig(
-            num_workers=s.num_workers,
-            use_gpu=s.gpus_per_worker > 0,
-            resources_per_worker={"CPU": s.cpus_per_worker} | ({"GPU": s.gpus_per_worker} if s.gpus_per_worker else {}),
-        ),
-        run_config=RunConfig(
-            name=run_key,
-            storage_path=str(cfg.train_storage_effective),
-            failure_config=FailureConfig(max_failures=s.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
-        datasets={"train": train_data},
     )
 
 
@@ -228,7 +195,7 @@ def check_memory(model_cfg, job: PretrainConfig) -> None:
     # fp32 weights + grads + two AdamW moments; activations: ~ 34·T·d per layer per sequence + logits (Korthikanti)
     activations = o.batch_size * job.model.seq_len * (34 * c.dim * c.n_layers + 8 * c.vocab_size)
     need = (16 * n_params + activations) * job.scaling.num_workers
-    have = available_memory()
+    have = runs.available_memory()
     if need > 0.8 * have:
         raise UsageError(
             f"model size {job.model.size!r} needs ~{need / 2**30:.1f} GiB for {n_params / 1e6:.0f}M parameters at "
@@ -237,68 +204,15 @@ def check_memory(model_cfg, job: PretrainConfig) -> None:
         )
 
 
-DATA_PIPELINE_CPUS = 1.5  # the shuffle's tasks ask one CPU each, plus the read and tokenize stages
-
-
-def check_cluster(resources: dict, job: PretrainConfig) -> None:
-    """Refuse a job the cluster cannot hold (Ray would wait for resources forever instead of failing)."""
-    s = job.scaling
-    need_cpu = s.num_workers * s.cpus_per_worker + DATA_PIPELINE_CPUS
-    have_cpu = resources.get("CPU", 0)
-    if have_cpu < need_cpu:
-        raise UsageError(
-            f"the Ray cluster has {have_cpu:g} CPUs; {s.num_workers} worker(s) × {s.cpus_per_worker:g} CPU plus "
-            f"{DATA_PIPELINE_CPUS:g} for the data pipeline need {need_cpu:g}: lower scaling.cpus_per_worker or "
-            "num_workers, or add nodes"
-        )
-    need_gpu = s.num_workers * s.gpus_per_worker
-    if need_gpu > resources.get("GPU", 0):
-        raise UsageError(f"the Ray cluster has {resources.get('GPU', 0):g} GPUs; the job asks {need_gpu:g}")
-
-
-def available_memory() -> int:
-    """Bytes this machine can still give (MemAvailable; free pages where /proc/meminfo is absent)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
 def find_or_create_run(cfg: LakeConfig, job: PretrainConfig, sources: list[SnapshotSource], tok_ref, run_key: str):
     """The MLflow run of this job: the unfinished one with the same key (a resume), or a new one."""
-    import mlflow
-
-    from pipelines.tracking import start_run
-
-    mlflow_client = registry.client(cfg)
-    experiment = mlflow_client.get_experiment_by_name(EXPERIMENT)
-    if experiment is not None:
-        runs = mlflow_client.search_runs(
-            [experiment.experiment_id],
-            filter_string=f"tags.`{registry.TAG_RUN_KEY}` = '{run_key}'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        if runs:
-            run = runs[0]
-            return run.info.run_id, run.info.status == "FINISHED"
-    tags = lineage_tags(job, sources, tok_ref) | {registry.TAG_RUN_KEY: run_key}
-    with start_run(cfg, EXPERIMENT, run_name=f"pretrain {job.name}", params=job.as_flat_params()) as run:
-        mlflow.set_tags(tags)
-        for item in training_datasets(sources):
-            registry.log_snapshot_input(item["table"], item["snapshot_id"], item["predicate"], item["counts"])
-        run_id = run.info.run_id
-    # start_run ended it FINISHED; it is RUNNING until the model is registered
-    mlflow_client.update_run(run_id, status="RUNNING")
-    return run_id, False
+    tags = lineage_tags(job, sources, tok_ref)
+    return runs.find_or_create_run(cfg, run_key, f"pretrain {job.name}", job.as_flat_params(), tags, sources)
 
 
 def lineage_tags(job: PretrainConfig, sources: list[SnapshotSource], tok_ref) -> dict[str, str]:
     """Tags that tie a run and its model version to the data, tokenizer, parent and code they came from."""
-    tags = registry.dataset_tags(training_datasets(sources)) | {
+    tags = registry.dataset_tags(runs.training_datasets(sources)) | {
         registry.TAG_KIND: "model",
         registry.TAG_STAGE: "pretrain",
         registry.TAG_TOKENIZER: tok_ref.uri,
@@ -309,105 +223,13 @@ def lineage_tags(job: PretrainConfig, sources: list[SnapshotSource], tok_ref) ->
     return tags
 
 
-def training_datasets(sources: list[SnapshotSource]) -> list[dict]:
-    """What a run names as its data: each table snapshot it read, or the mix (whose own lineage names the
-    snapshots it sampled)."""
-    out: dict[tuple, dict] = {}
-    for src in sources:
-        if src.selection is not None:
-            sel = src.selection
-            key = (sel.table, sel.snapshot_id)
-            item = out.setdefault(key, {"table": sel.table, "snapshot_id": sel.snapshot_id, "predicate": "",
-                                        "counts": {"tag": sel.tag, "documents": 0}})  # fmt: skip
-            item["counts"]["documents"] += src.rows_selected
-        else:
-            key = (src.table, src.snapshot_id, src.predicate)
-            out[key] = {"table": src.table, "snapshot_id": src.snapshot_id, "predicate": src.predicate or "",
-                        "counts": src.lineage()}  # fmt: skip
-    return list(out.values())
-
-
 def publish_model(cfg, job, sources, tok_ref, run_id: str, ckpt: Path, state: dict) -> registry.ModelRef:
     """Log the checkpoint's model files (no optimizer state) to the run and register them."""
-    import mlflow
-
-    registry.client(cfg)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "model"
-        out.mkdir()
-        for item in ckpt.iterdir():
-            if item.is_file() and (item.name in MODEL_FILES or item.name.startswith(("tokenizer", "special_tokens"))):
-                shutil.copy2(item, out / item.name)
-        mlflow.MlflowClient(cfg.mlflow_uri_effective).log_artifacts(run_id, str(out), artifact_path="model")
     tags = lineage_tags(job, sources, tok_ref) | {
         "lake.tokens": state["tokens"] * job.scaling.num_workers,
         "lake.steps": state["step"],
     }
-    return registry.register(cfg, job.name, run_id, "model", tags)
-
-
-def log_loss_curve(mlflow_client, run_id: str) -> None:
-    """Training and validation loss by step, as ``loss.png`` in the run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key, style in (("train/loss", "-"), ("val/loss", "o-")):
-        points = sorted((m.step, m.value) for m in mlflow_client.get_metric_history(run_id, key))
-        if points:
-            ax.plot(*zip(*points, strict=True), style, label=key, markersize=4)
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/token)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    try:
-        mlflow_client.log_figure(run_id, fig, "loss.png")
-    finally:
-        plt.close(fig)
-
-
-def _fit_with_progress(trainer, events, total_steps: int, progress: bool):
-    """Run ``trainer.fit()`` in a thread; show rank 0's progress events as a bar meanwhile."""
-    from tqdm import tqdm
-
-    outcome: dict[str, Any] = {}
-
-    def fit() -> None:
-        try:
-            outcome["result"] = trainer.fit()
-        except Exception as exc:  # surfaced below as one line
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=fit, daemon=True)
-    thread.start()
-    last: dict[str, float] = {}
-    with tqdm(total=total_steps, desc="pretrain", unit="step", disable=not progress) as bar:
-        while thread.is_alive() or not events.empty():
-            try:
-                step, metrics = events.get(timeout=0.5)
-            except (queue.Empty, Exception):
-                continue
-            last = metrics
-            bar.n = step
-            bar.set_postfix(loss=f"{metrics.get('train/loss', float('nan')):.3f}", refresh=False)
-            bar.refresh()
-    thread.join()
-    if "error" in outcome:
-        raise LakeError(f"training failed: {str(outcome['error']).splitlines()[0]}")
-    return outcome["result"], last
-
-
-def _folder_bytes(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != ".complete"}
-
-
-def _write_folder(files: dict[str, bytes], prefix: str) -> Path:
-    folder = Path(tempfile.mkdtemp(prefix=prefix))
-    for name, content in files.items():
-        (folder / name).write_bytes(content)
-    return folder
+    return runs.publish_model(cfg, job.name, run_id, ckpt, tags)
 
 
 # ---- worker ---------------------------------------------------------------------------------------------------
@@ -432,19 +254,15 @@ def train_worker(plan: dict[str, Any]) -> None:
     if job.scaling.torch_threads:
         torch.set_num_threads(job.scaling.torch_threads)
     model_cfg = ModelConfig(**plan["model_config"])
-    tok_dir = _write_folder(plan["tokenizer_files"], "lake-tok-")
+    tok_dir = runs.write_folder(plan["tokenizer_files"], "lake-tok-")
     special = plan["special_ids"]
 
     model = LlamaModel(model_cfg, seed=job.optim.seed)
     if plan["init_files"]:  # continue from a registered checkpoint (embedding rows grown for a larger vocab)
-        _load_initial(model, _write_folder(plan["init_files"], "lake-init-"), tok_dir, model_cfg)
+        _load_initial(model, runs.write_folder(plan["init_files"], "lake-init-"), tok_dir, model_cfg)
 
-    resume_dir = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume_dir = Path(tempfile.mkdtemp(prefix="lake-resume-"))
-            shutil.copytree(folder, resume_dir, dirs_exist_ok=True)
+    resume_dir = runs.restore_checkpoint()
+    if resume_dir is not None:
         model.load_state_dict(_tied_state(read_safetensors_state(resume_dir), model_cfg))
     model.to(device)
     train_model = ray.train.torch.prepare_model(model) if world > 1 else model
@@ -491,24 +309,8 @@ def train_worker(plan: dict[str, Any]) -> None:
         x, y = xy
         return causal_lm_loss(m(x), y), y.numel()
 
-    # MLflow: buffered until a checkpoint holds the step, and never re-logging a step already there
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
-
-    mlflow_client = MlflowClient(plan["mlflow_uri"]) if rank == 0 else None
-    logged_up_to = _last_logged_step(mlflow_client, plan["run_id"]) if mlflow_client else -1
-    buffer: list[Metric] = []
-
-    def remember(step: int, metrics: dict[str, float]) -> None:
-        if mlflow_client is None or step <= logged_up_to:
-            return
-        now = int(time.time() * 1000)
-        buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v)))
-
-    def flush() -> None:
-        for start in range(0, len(buffer), 900):
-            mlflow_client.log_batch(plan["run_id"], metrics=buffer[start : start + 900])
-        buffer.clear()
+    metrics_log = runs.MetricsLog(plan["mlflow_uri"], plan["run_id"], rank)
+    remember = metrics_log.remember
 
     val_before = saved.get("val_ppl_before")
     if loop_state.step == 0:
@@ -516,12 +318,8 @@ def train_worker(plan: dict[str, Any]) -> None:
         val_before = first.get("val/ppl")
         remember(0, first)
 
-    fault_step = int(os.environ.get(FAULT_STEP_ENV, "0") or 0)
-    marker = os.environ.get(FAULT_MARKER_ENV)
-
     def checkpoint_fn(step: int, metrics: dict[str, float]) -> None:
-        with tempfile.TemporaryDirectory(prefix="lake-ckpt-") as tmp:
-            folder = Path(tmp)
+        def write(folder: Path) -> None:
             state = {
                 "step": step,
                 "tokens": loop_state.tokens,
@@ -542,13 +340,11 @@ def train_worker(plan: dict[str, Any]) -> None:
                     pad_token_id=special["pad"],
                 )
                 save_training_state(folder, optimizer, state)
-                flush()
+                metrics_log.flush()
             else:  # each rank's data position lands in the same checkpoint folder
                 (folder / f"data_position.{rank}.json").write_text(json.dumps(packer.position.as_dict()))
-            ray.train.report({"step": step, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        if fault_step and step >= fault_step and marker and not Path(marker).exists():
-            Path(marker).write_text(str(step))
-            raise RuntimeError(f"injected fault after step {step} ({FAULT_STEP_ENV})")
+
+        runs.report_checkpoint(step, metrics, write)
 
     def log_fn(step: int, metrics: dict[str, float]) -> None:
         if rank == 0:
@@ -588,8 +384,3 @@ def _load_initial(model, init_dir: Path, tok_dir: Path, model_cfg) -> None:
         )
         state = _tied_state(state, model_cfg)
     model.load_state_dict(state)
-
-
-def _last_logged_step(mlflow_client, run_id: str) -> int:
-    history = mlflow_client.get_metric_history(run_id, "train/loss")
-    return max((m.step for m in history), default=-1)

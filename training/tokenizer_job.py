@@ -15,12 +15,11 @@ from pathlib import Path
 
 import polars as pl
 
-from catalog import attributes
 from catalog.store import Lakehouse
 from lake.config import LakeConfig
 from lake.errors import UsageError
 from training import registry
-from training.data import SnapshotSource, is_held_out, predicate_frame, resolve_source, split_bucket
+from training.data import SnapshotSource, is_held_out, predicate_frame, resolve_source, source_frame, split_bucket
 
 EXPERIMENT = "tokenizer"
 HELD_OUT_FRACTION = 0.02  # the pretraining default, so a tokenizer never trains on the text its model validates on
@@ -52,9 +51,7 @@ class TokenizerJobResult:
 
 
 def _frame(lake: Lakehouse, source: SnapshotSource, predicate: str | None) -> pl.LazyFrame:
-    pins = {a.labeler: a.snapshot_id for a in source.attributes}
-    lazy = attributes.joined_frame(lake, source.table, list(pins), source.snapshot_id, attribute_snapshots=pins)
-    return predicate_frame(lazy, predicate).select(
+    return predicate_frame(source_frame(lake, source), predicate).select(
         pl.col(source.id_column).cast(pl.String).fill_null("").alias("id"),
         pl.col(source.text_column).fill_null("").alias("text"),
     )

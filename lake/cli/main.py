@@ -63,6 +63,7 @@ def _register() -> None:
         catalog_cmd,
         config_cmd,
         dedup_cmd,
+        eval_cmd,
         import_cmd,
         ingest_cmd,
         label_cmd,
@@ -83,6 +84,7 @@ def _register() -> None:
         label_cmd,
         mix_cmd,
         train_cmd,
+        eval_cmd,
         models_cmd,
         services_cmd,
     ):

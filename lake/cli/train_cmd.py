@@ -1,4 +1,4 @@
-"""``lake train tokenizer|pretrain``: model training jobs over catalog snapshots, tracked and registered in MLflow."""
+"""``lake train tokenizer|pretrain|sft|reward``: training on catalog snapshots, tracked and registered in MLflow."""
 
 from __future__ import annotations
 
@@ -133,5 +133,37 @@ def quality_classifier_command(obj: CliContext, name, positive, negative, max_pe
     else:
         click.echo(result.summary())
 
+
+def _posttrain_command(stage: str, summary: str):
+    @train_group.command(stage, help=summary)
+    @click.argument("config_file", metavar="CONFIG.yaml", type=click.Path(dir_okay=False))
+    @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+    @pass_ctx
+    def command(obj: CliContext, config_file: str, fmt: str) -> None:
+        from training.config import RewardConfig, SFTConfig, load_yaml
+        from training.posttrain import run_reward, run_sft
+
+        if stage == "sft":
+            result = run_sft(obj.config, load_yaml(config_file, SFTConfig), progress=fmt == "table")
+        else:
+            result = run_reward(obj.config, load_yaml(config_file, RewardConfig), progress=fmt == "table")
+        if fmt == "json":
+            emit_json(dataclasses.asdict(result))
+        else:
+            click.echo(result.summary())
+
+    return command
+
+
+_posttrain_command(
+    "sft",
+    "Supervised fine-tuning (full or LoRA) of a registered model on chat examples at a pinned snapshot, loss on "
+    "answers only; registered with the parent model, snapshots and template (`lake init` writes an example).",
+)
+_posttrain_command(
+    "reward",
+    "A reward model (the SFT backbone with a scalar head, pairwise loss) on preference pairs at a pinned "
+    "snapshot; held-out pairwise accuracy with its 95% interval (`lake init` writes an example).",
+)
 
 COMMANDS = [train_group]
