@@ -205,6 +205,8 @@ def joined_frame(
         have = ", ".join(available) or "none yet"
         raise UsageError(f"{source} has no {', '.join(unknown)} labels; labels: {have}")
     frame = _scan(lake, source, lake.resolve_snapshot(source, as_of))
+    if not chosen:
+        return frame
     present = set(frame.collect_schema().names())
     if KEY not in present:
         raise UsageError(f"{source} has no {KEY} column to join labels on")

@@ -113,7 +113,7 @@ def pretrain_command(obj: CliContext, config_file: str, fmt: str) -> None:
 @click.option("--negative", multiple=True, required=True, metavar="SQL", help="Query returning ordinary `text`.")
 @click.option("--max-per-class", "max_per_class", type=int, default=20_000, show_default=True)
 @click.option("--held-out", "held_out", type=float, default=0.1, show_default=True, help="Share kept for accuracy.")
-@click.option("--epoch", type=int, default=5, show_default=True)
+@click.option("--epoch", type=int, default=20, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @pass_ctx
 def quality_classifier_command(obj: CliContext, name, positive, negative, max_per_class, held_out, epoch, fmt) -> None:
