@@ -440,16 +440,20 @@ def reward_loss_fn(model, batch: PairBatch) -> tuple[torch.Tensor, int]:
 
 @torch.no_grad()
 def score_pairs(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 32, device="cpu"):
-    """(chosen rewards, rejected rewards) of encoded pairs, as two lists."""
+    """(chosen rewards, rejected rewards) of encoded pairs, as two lists, in the pairs' order. Batches are
+    length-sorted (little padding) and run without autograd."""
     from training.chat import pad_pairs
 
     was_training = model.training
     model.eval()
-    chosen, rejected = [], []
-    for i in range(0, len(pairs), batch_size):
-        c, r = model(pad_pairs(pairs[i : i + batch_size], pad_id).to(device)).chunk(2)
-        chosen += c.tolist()
-        rejected += r.tolist()
+    order = sorted(range(len(pairs)), key=lambda i: max(len(pairs[i][0]), len(pairs[i][1])))
+    chosen, rejected = [0.0] * len(pairs), [0.0] * len(pairs)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            c, r = model(pad_pairs([pairs[i] for i in batch], pad_id).to(device)).chunk(2)
+            for i, cv, rv in zip(batch, c.tolist(), r.tolist(), strict=True):
+                chosen[i], rejected[i] = cv, rv
     model.train(was_training)
     return chosen, rejected
 
