@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from operators.base import Operator, Resources, with_columns
-from operators.text import split_words
+from operators.text import CJK_RE, split_words
 
 POSITIVE = "__label__hq"
 NEGATIVE = "__label__lq"
@@ -18,7 +18,10 @@ NEGATIVE = "__label__lq"
 def fasttext_line(text: str | None, max_chars: int = 4000) -> str:
     """The classifier's view of a text: lower-cased words on one line, each CJK character a word of its own
     (fastText splits on spaces only; with word bigrams, Chinese then gets character bigrams)."""
-    return " ".join(split_words((text or "")[:max_chars].lower()))
+    text = (text or "")[:max_chars].lower()
+    if CJK_RE.search(text):
+        return " ".join(split_words(text))
+    return " ".join(text.split())  # the same words, without the regex pass (2x faster on Latin text)
 
 
 class QualityScore(Operator):

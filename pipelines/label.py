@@ -72,11 +72,13 @@ class LabelReport:
     already_labelled: int = 0
     replaced: bool = False
     up_to_date: bool = False
+    executor: str = ""
     seconds: float = 0.0
     snapshot_id: int | None = None
     run_id: str = ""
     mlflow_run_id: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # setup, label, store, track
 
     def summary(self) -> str:
         if self.up_to_date:
@@ -116,6 +118,27 @@ class ApplyOperator:
         return self.operator(batch).select(self.keep)
 
 
+LOCAL_MAX_ROWS = 100_000  # auto: below this, and with no cluster configured, label in this process
+EXECUTORS = ("auto", "local", "ray")
+
+
+def choose_executor(cfg: LakeConfig, rows: int, executor: str) -> str:
+    """``local`` runs the operator in this process (no Ray start-up, no actor spin-up: what a small table or a
+    notebook wants); ``ray`` runs the actor pool (a cluster, a GPU, a big table). ``auto`` picks ``ray`` whenever a
+    cluster is configured (``RAY_ADDRESS``) or the table is big."""
+    if executor not in EXECUTORS:
+        raise UsageError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if executor != "auto":
+        return executor
+    return "ray" if cfg.ray_address or rows > LOCAL_MAX_ROWS else "local"
+
+
+def label_locally(files: list[str], columns: list[str], done: pa.Array | None, operator: Operator, keep: list[str]):
+    """The same stages as the Ray path, in this process: read the unlabelled rows, apply the operator."""
+    for rows in read_unlabelled(pa.table({"path": files}), columns, done, batch_rows=operator.resources.batch_size):
+        yield operator(rows).select(keep)
+
+
 def plan_new_files(lake: Lakehouse, source: str, snapshot_id: int, covered: int | None) -> list[str]:
     """Data files of the snapshot, less those the covered snapshot already had (an appended crawl batch is new
     files; a rewritten table lists all of its files again, and the id filter then skips labelled rows)."""
@@ -135,6 +158,7 @@ def run_labeler(
     progress: bool = True,
     mlflow: bool = True,
     num_actors: int | None = None,
+    executor: str = "auto",
     extra_params: dict[str, Any] | None = None,
 ) -> LabelReport:
     import ray
@@ -167,9 +191,18 @@ def run_labeler(
     report.already_labelled = 0 if done is None else len(done)
     files = plan_new_files(lake, source, base, None if report.replaced else state.source_snapshot)
     total = max(0, lake.count(source, base) - report.already_labelled)
+    report.executor = choose_executor(cfg, total, executor)
+    keep = [attributes.KEY, *labeler.operator.output_columns]
+    keep += [c for c in labeler.optional_columns if c in columns and c not in keep]
 
     parts: list[pa.Table] = []
-    if files:
+    report.stage_seconds["setup"] = round(time.perf_counter() - t0, 3)
+    bar = tqdm(total=total, desc=f"label {labeler.name} {source}", unit="doc", disable=not progress)
+    if files and report.executor == "local":
+        for batch in label_locally(files, columns, done, labeler.operator, keep):
+            parts.append(batch)
+            bar.update(batch.num_rows)
+    elif files:
         init_ray(cfg)
         cpus = max(1, int(ray.available_resources().get("CPU", 1)))
         res = labeler.operator.resources
@@ -177,8 +210,6 @@ def run_labeler(
         actors = num_actors or max(1, min(len(files) * 4, int(cpus // max(res.num_cpus, 0.25))))
         if gpus:
             actors = min(actors, max(1, int(gpus // res.num_gpus)))
-        keep = [attributes.KEY, *labeler.operator.output_columns]
-        keep += [c for c in labeler.optional_columns if c in columns and c not in keep]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
             ds = ray.data.from_items([{"path": p} for p in files], override_num_blocks=len(files))
@@ -199,10 +230,11 @@ def run_labeler(
                 num_gpus=res.num_gpus if gpus else 0,
                 max_restarts=0,  # a dead actor fails the run (nothing committed); the re-run starts over
             )
-        with tqdm(total=total, desc=f"label {labeler.name} {source}", unit="doc", disable=not progress) as bar:
-            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                parts.append(batch)
-                bar.update(batch.num_rows)
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            parts.append(batch)
+            bar.update(batch.num_rows)
+    bar.close()
+    report.stage_seconds["label"] = round(time.perf_counter() - t0 - report.stage_seconds["setup"], 3)
     labelled = pa.concat_tables(parts) if parts else _empty(labeler)
     previous = dict(lake.table(ident).properties)
     rows, report.stats = labeler.finish(labelled, previous)
@@ -220,8 +252,10 @@ def run_labeler(
     )
     attributes.set_properties(lake, ident, labeler.properties())
     report.seconds = round(time.perf_counter() - t0, 3)
+    report.stage_seconds["store"] = round(report.seconds - sum(report.stage_seconds.values()), 3)
     if mlflow:
         _track(cfg, report, labeler, rows, extra_params or {})
+    report.stage_seconds["track"] = round(time.perf_counter() - t0 - report.seconds, 3)
     record_run(
         lake,
         command=f"label {labeler.name}",

@@ -66,8 +66,11 @@ def score_windows(model, windows: list[np.ndarray], batch_tokens: int, device: s
                 tokens[row, : len(w)] = w
                 targets[row, : len(w) - 1] = w[1:]
             logits = model(tokens[:, :-1].to(device)).float()
-            nll = F.cross_entropy(logits.transpose(1, 2), targets.to(device), ignore_index=-100, reduction="none")
-            sums[chunk] = nll.sum(dim=1).double().cpu().numpy()
+            # flattened rows: cross_entropy over a [B, V, T] transposed view is several times slower on CPU
+            nll = F.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), targets.to(device).reshape(-1), ignore_index=-100, reduction="none"
+            )
+            sums[chunk] = nll.view(len(chunk), -1).sum(dim=1).double().cpu().numpy()
             start = end
     return sums
 
@@ -85,7 +88,7 @@ class PerplexityScore(Operator):
         model_files: dict[str, bytes],
         max_tokens: int = 1024,
         batch_tokens: int = 8192,
-        torch_threads: int = 1,
+        torch_threads: int = 0,  # 0: as the process has (Ray gives an actor of 1 CPU one thread; local: all)
         num_gpus: float = 0.0,
     ) -> None:
         self.model_files = model_files  # the checkpoint folder travels as bytes: workers need no shared disk

@@ -232,11 +232,14 @@ def _model_files(cfg: LakeConfig, uri: str, kind: str | None) -> dict[str, bytes
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != ".complete"}
 
 
-def label_quality(cfg: LakeConfig, table: str, model_uri: str, progress: bool = True) -> LabelReport:
+def label_quality(
+    cfg: LakeConfig, table: str, model_uri: str, progress: bool = True, executor: str = "auto"
+) -> LabelReport:
     lake = Lakehouse.from_config(cfg)
     lake.table(table)  # an unknown table is reported before any model is fetched
     files = _model_files(cfg, model_uri, KIND)
-    return run_labeler(lake, cfg, table, QualityLabeler(model_uri, files[MODEL_FILE]), progress=progress)
+    labeler = QualityLabeler(model_uri, files[MODEL_FILE])
+    return run_labeler(lake, cfg, table, labeler, progress=progress, executor=executor)
 
 
 def label_ppl(
@@ -248,6 +251,7 @@ def label_ppl(
     batch_tokens: int = 8192,
     progress: bool = True,
     num_actors: int | None = None,
+    executor: str = "auto",
 ) -> LabelReport:
     from training.perplexity import PerplexityLabeler
 
@@ -259,4 +263,5 @@ def label_ppl(
     # a GPU per actor where the cluster has GPUs (the runner drops the request elsewhere); one thread per CPU actor
     labeler = PerplexityLabeler(model_uri, files, max_tokens=max_tokens, batch_tokens=batch_tokens, num_gpus=1.0)
     params = {"max_tokens": max_tokens, "batch_tokens": batch_tokens}
-    return run_labeler(lake, cfg, table, labeler, progress=progress, num_actors=num_actors, extra_params=params)
+    return run_labeler(lake, cfg, table, labeler, progress=progress, num_actors=num_actors, executor=executor,
+                       extra_params=params)  # fmt: skip

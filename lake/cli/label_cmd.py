@@ -9,6 +9,13 @@ from lake.cli.context import CliContext, pass_ctx
 from lake.cli.output import emit_json
 
 FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+EXECUTOR = click.option(
+    "--executor",
+    type=click.Choice(["auto", "local", "ray"]),
+    default="auto",
+    show_default=True,
+    help="local: in this process; ray: an actor pool (a cluster, GPUs); auto: ray on a cluster or a big table.",
+)
 MODEL = click.option("--model", "model_uri", required=True, metavar="models:/NAME/V", help="Registered model version.")
 
 
@@ -38,9 +45,12 @@ def _emit(report, fmt: str) -> None:
 @click.option(
     "--batch-tokens", "batch_tokens", type=int, default=8192, show_default=True, help="Padded tokens per forward."
 )
+@EXECUTOR
 @FORMAT
 @pass_ctx
-def ppl_command(obj: CliContext, table: str, model_uri: str, max_tokens: int, batch_tokens: int, fmt: str) -> None:
+def ppl_command(
+    obj: CliContext, table: str, model_uri: str, max_tokens: int, batch_tokens: int, executor: str, fmt: str
+) -> None:
     """Per-document perplexity (ppl, ppl_tokens) under a reference LM, and CCNet buckets (ppl_bucket:
     head/middle/tail at the corpus's 30th/60th percentiles per language)."""
     from lake.errors import UsageError
@@ -49,19 +59,20 @@ def ppl_command(obj: CliContext, table: str, model_uri: str, max_tokens: int, ba
     if max_tokens < 1 or batch_tokens < 2:
         raise UsageError("--max-tokens and --batch-tokens must be positive")
     _emit(label_ppl(obj.config, table, model_uri, max_tokens=max_tokens, batch_tokens=batch_tokens,
-                    progress=fmt == "table"), fmt)  # fmt: skip
+                    progress=fmt == "table", executor=executor), fmt)  # fmt: skip
 
 
 @label_group.command("quality")
 @click.argument("table", metavar="NS.TABLE")
 @MODEL
+@EXECUTOR
 @FORMAT
 @pass_ctx
-def quality_command(obj: CliContext, table: str, model_uri: str, fmt: str) -> None:
+def quality_command(obj: CliContext, table: str, model_uri: str, executor: str, fmt: str) -> None:
     """quality_score in [0, 1] from a classifier made by `lake train quality-classifier`."""
     from training.quality import label_quality
 
-    _emit(label_quality(obj.config, table, model_uri, progress=fmt == "table"), fmt)
+    _emit(label_quality(obj.config, table, model_uri, progress=fmt == "table", executor=executor), fmt)
 
 
 COMMANDS = [label_group]
