@@ -39,11 +39,18 @@ class SamplingConfig:
 @dataclass
 class Generated:
     """``sequences`` [B, P + N]: left-padded prompts then completions (``pad_id`` after EOS); ``prompt_len`` = P;
-    ``completion_mask`` [B, N]: 1 on generated tokens up to and including EOS."""
+    ``completion_mask`` [B, N]: 1 on generated tokens up to and including EOS; ``prompt_keep`` [B, P]: True on
+    real (not padding) prompt tokens."""
 
     sequences: torch.Tensor
     prompt_len: int
     completion_mask: torch.Tensor
+    prompt_keep: torch.Tensor
+
+    @property
+    def keep(self) -> torch.Tensor:
+        """[B, P + N]: what attention may see (every generated position; pads after EOS are never in a loss)."""
+        return torch.cat([self.prompt_keep, torch.ones_like(self.completions, dtype=torch.bool)], dim=1)
 
     @property
     def completions(self) -> torch.Tensor:
@@ -63,6 +70,15 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
             ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
             keep[row, width - len(prompt) :] = True
     return ids, keep
+
+
+def positions_and_mask(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position ids counting real tokens only, and the causal mask [B, 1, T, T] that hides pads (each pad may see
+    itself: a fully masked row would give NaN; nobody sees a pad)."""
+    positions = (keep.long().cumsum(-1) - 1).clamp(min=0)
+    T = keep.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=keep.device).tril()
+    return positions, (causal & keep[:, None, None, :]) | torch.eye(T, dtype=torch.bool, device=keep.device)
 
 
 def process_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
@@ -98,11 +114,10 @@ def sample(
     batch, prompt_len = ids.shape
     capacity = prompt_len + cfg.max_new_tokens
     cache = KVCache(model.cfg, batch, capacity, device, model.lm_head.weight.dtype)
+    prompt_keep = keep
     keep = torch.cat([keep, torch.ones(batch, cfg.max_new_tokens, dtype=torch.bool, device=device)], dim=1)
     positions = (keep.long().cumsum(-1) - 1).clamp(min=0)
-    # prefill: causal over real tokens; each pad may see itself (a fully masked row would give NaN), nobody sees it
-    causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=device).tril()
-    mask = (causal & keep[:, None, None, :prompt_len]) | torch.eye(prompt_len, dtype=torch.bool, device=device)
+    _, mask = positions_and_mask(prompt_keep)  # prefill
     step_ids, step_positions = ids, positions[:, :prompt_len]
     out = [ids]
     done = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -130,7 +145,7 @@ def sample(
     if eos_id is not None:  # generated tokens up to and including the first EOS
         is_eos = (completions == eos_id).long()
         completion_mask = (is_eos.cumsum(-1) - is_eos == 0).long()
-    return Generated(sequences, prompt_len, completion_mask)
+    return Generated(sequences, prompt_len, completion_mask, prompt_keep)
 
 
 def generate(
