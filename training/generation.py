@@ -96,7 +96,7 @@ def process_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     return logits
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample(
     model: LlamaModel,
     prompts: Sequence[Sequence[int]],

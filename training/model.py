@@ -185,6 +185,9 @@ class Attention(nn.Module):
         if attn_mask is None:
             # enable_gqa: the kernel broadcasts the kv heads itself, no repeated k/v is materialised
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
+        elif cache is not None and x.device.type == "cpu":
+            # decoding on CPU: the math kernel broadcasts kv heads itself (no per-step copy of the whole cache)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=self.n_kv_heads != self.n_heads)
         else:
             # the masked GPU kernels (memory-efficient) lack GQA support, so repeat kv heads here, as HF does
             if self.n_kv_heads != self.n_heads:

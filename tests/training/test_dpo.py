@@ -41,7 +41,7 @@ def setup(tmp_path_factory):
     return tokenizer, train[:320], held_out[:80]
 
 
-def test_dpo_raises_held_out_margin_and_accuracy(setup):
+def test_dpo_raises_held_out_margin_and_lowers_held_out_loss(setup):
     from training.config import OptimConfig
     from training.dpo import DPOBatch, dpo_batch_loss, pair_batch, preference_metrics, reference_logps
     from training.loop import Trainer
