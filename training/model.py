@@ -21,8 +21,9 @@ Design choices (and why):
 - **Init** (nanoGPT/GPT-2): N(0, init_std) for every matrix, residual output projections (o_proj, down_proj)
   scaled by 1/sqrt(2·n_layers) so the residual stream's variance does not grow with depth, norms at 1. Drawn from
   a CPU generator in a fixed order, so a seed gives the same weights on any device.
-- No KV cache and no dropout: pretraining does not need them; `generate` is a plain re-run-the-prefix sampler
-  for smoke tests.
+- **KV cache** (``KVCache``): preallocated keys/values per layer, filled in place (no per-step concatenation);
+  the forward takes it only from ``training.generation``, which always passes an explicit mask (left-padded
+  prompts). Training never uses it. No dropout.
 """
 
 from __future__ import annotations
@@ -137,6 +138,26 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotate_half(x) * sin
 
 
+class KVCache:
+    """Keys and values of every layer, preallocated [B, kv_heads, capacity, head_dim] and filled in place;
+    ``length`` positions are filled (the backbone advances it after each forward)."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, capacity: int, device: torch.device, dtype: torch.dtype) -> None:
+        if capacity > cfg.max_seq_len:
+            raise ValueError(f"a cache of {capacity} positions exceeds max_seq_len {cfg.max_seq_len}")
+        shape = (batch, cfg.n_kv_heads, capacity, cfg.head_dim)
+        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this call's k/v [B, kv_heads, T, hd] after the filled positions; all of them, as views."""
+        end = self.length + k.shape[2]
+        self.keys[layer][:, :, self.length : end] = k
+        self.values[layer][:, :, self.length : end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -147,16 +168,26 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn_mask: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        cache: tuple[KVCache, int] | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:  # keys/values of every position so far (this call's written in place)
+            k, v = cache[0].update(cache[1], k, v)
         if attn_mask is None:
             # enable_gqa: the kernel broadcasts the kv heads itself, no repeated k/v is materialised
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
+        elif cache is not None and x.device.type == "cpu":
+            # decoding on CPU: the math kernel broadcasts kv heads itself (no per-step copy of the whole cache)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=self.n_kv_heads != self.n_heads)
         else:
             # the masked GPU kernels (memory-efficient) lack GQA support, so repeat kv heads here, as HF does
             if self.n_kv_heads != self.n_heads:
@@ -186,9 +217,14 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn_mask: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        cache: tuple[KVCache, int] | None = None,
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask)
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -211,9 +247,15 @@ class Backbone(nn.Module):
         input_ids: torch.Tensor,
         position_ids: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """input_ids [B, T] -> normed last hidden states [B, T, dim]; arguments as in ``LlamaModel.forward``."""
+        """input_ids [B, T] -> normed last hidden states [B, T, dim]; arguments as in ``LlamaModel.forward``.
+
+        With a ``cache`` the keys/values of ``input_ids`` are appended to it and attention covers every cached
+        position: ``attn_mask`` [B, 1, T, cached + T] and ``position_ids`` must then be given."""
         T = input_ids.shape[1]
+        if cache is not None and (attn_mask is None or position_ids is None):
+            raise ValueError("a KV-cached forward needs explicit position_ids and attn_mask")
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
         if position_ids is None:
@@ -227,8 +269,10 @@ class Backbone(nn.Module):
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         if attn_mask is not None and attn_mask.ndim == 3:
             attn_mask = attn_mask.unsqueeze(1)
-        for layer in self.layers:
-            x = layer(x, cos, sin, attn_mask)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, attn_mask, None if cache is None else (cache, i))
+        if cache is not None:
+            cache.length += T
         return self.norm(x)
 
 
@@ -337,39 +381,3 @@ def block_causal_mask(position_ids: torch.Tensor) -> torch.Tensor:
     causal = torch.ones(T, T, dtype=torch.bool, device=position_ids.device).tril()
     same_doc = doc.unsqueeze(-1) == doc.unsqueeze(-2)
     return (same_doc & causal).unsqueeze(1)
-
-
-@torch.no_grad()
-def generate(
-    model: LlamaModel,
-    input_ids: torch.Tensor,
-    max_new_tokens: int,
-    eos_id: int | None = None,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Sample continuations of input_ids [B, T]; temperature 0 is greedy. No KV cache: re-runs the (cropped)
-    prefix each step, which is fine for smoke tests and tiny models. Rows stop growing once every row hit eos."""
-    was_training = model.training
-    model.eval()
-    out = input_ids
-    done = torch.zeros(out.shape[0], dtype=torch.bool, device=out.device)
-    for _ in range(max_new_tokens):
-        logits = model(out[:, -model.cfg.max_seq_len :])[:, -1, :].float()
-        if temperature <= 0:
-            nxt = logits.argmax(dim=-1)
-        else:
-            logits = logits / temperature
-            if top_k is not None:
-                kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            nxt = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
-        if eos_id is not None:
-            nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
-            done |= nxt == eos_id
-        out = torch.cat([out, nxt.unsqueeze(-1)], dim=-1)
-        if eos_id is not None and bool(done.all()):
-            break
-    model.train(was_training)
-    return out

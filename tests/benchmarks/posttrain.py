@@ -1,7 +1,13 @@
-"""Post-training step throughput: our SFT and reward-model steps against TRL's SFTTrainer and RewardTrainer.
+"""Post-training step throughput: our SFT, reward-model and DPO steps against TRL's SFTTrainer, RewardTrainer and
+DPOTrainer, and our KV-cache sampler against transformers' ``generate``.
 
-Run: ``python tests/benchmarks/posttrain.py [--steps N] [--batch 8] [--seq-len 256] [--rounds 2]``; the last line
-printed is one JSON object.
+Run: ``python tests/benchmarks/posttrain.py [--steps N] [--batch 8] [--seq-len 256] [--rounds 2]
+[--stages sft,reward,dpo,generation]``; the last line printed is one JSON object.
+
+DPO: both sides use precomputed reference log-probs (TRL's ``precompute_ref_log_probs``; ours are catalog
+attributes), so a step is one policy forward and backward over chosen + rejected rows. Generation: greedy, the same
+left-padded chat prompts, ``--new-tokens`` new tokens each (no EOS stop, so both sides produce the same count), on
+the exported checkpoint; ``generation_greedy_identical`` says whether the token ids are equal.
 
 Side by side in one process, same tiny model (our ``tiny`` preset, exported in the HF Llama layout and loaded by
 transformers for TRL), same tokenizer, same examples (real Alpaca-en chat examples and HH-RLHF helpful-base pairs,
@@ -35,6 +41,8 @@ from pipelines.imports import convert_preference, convert_sft  # noqa: E402
 from training.chat import ChatTemplate, TemplateConfig, pad_pairs, pad_rows  # noqa: E402
 from training.checkpoint import save_pretrained  # noqa: E402
 from training.config import OptimConfig  # noqa: E402
+from training.dpo import dpo_batch_loss, encode_preference, pair_batch, reference_logps  # noqa: E402
+from training.generation import SamplingConfig, left_pad, sample  # noqa: E402
 from training.loop import Trainer  # noqa: E402
 from training.model import LlamaModel, ModelConfig, RewardModel  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
@@ -117,6 +125,73 @@ def trl_reward(ckpt: Path, pairs, batch: int, lr: float, out: Path) -> float:
     return sum(len(c) + len(r) for c, r in pairs) / runtime
 
 
+def preference_pairs(data: Path, template: ChatTemplate, seq_len: int, n: int) -> list[dict]:
+    pairs = []
+    with gzip.open(data / "preference" / "hh_rlhf_helpful_base_test.jsonl.gz", "rt") as lines:
+        for line in lines:
+            rows = convert_preference(json.loads(line), {})
+            if isinstance(rows, list):
+                r = rows[0]
+                if not isinstance(p := encode_preference(template, r["prompt"], r["chosen"], r["rejected"], seq_len),
+                                  str):  # fmt: skip
+                    pairs.append(p)
+            if len(pairs) == n:
+                break
+    return pairs
+
+
+def ours_dpo(cfg, pairs, refs, batch: int, lr: float, pad_id: int) -> float:
+    model = LlamaModel(cfg, seed=0)
+    batches = [pair_batch(pairs[i : i + batch], pad_id, refs[i : i + batch]) for i in range(0, len(pairs), batch)]
+    o = optim_cfg(len(batches), lr)
+
+    def loss_fn(m, b):
+        return dpo_batch_loss(m, b, 0.1, "sigmoid")[0], b.n_tokens
+
+    started = time.perf_counter()
+    Trainer(model, build_optimizer(model, o, "cpu"), o, torch.device("cpu"), loss_fn).run(iter(batches))
+    return sum(b.n_tokens for b in batches) / (time.perf_counter() - started)
+
+
+def trl_dpo(ckpt: Path, pairs, refs, batch: int, lr: float, out: Path) -> float:
+    from datasets import Dataset
+    from transformers import AutoTokenizer, LlamaForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    steps = len(pairs) // batch
+    args = trl_args(DPOConfig, out, batch, steps, lr)
+    args.beta, args.precompute_ref_log_probs, args.remove_unused_columns = 0.1, True, False
+    trainer = DPOTrainer(model=LlamaForCausalLM.from_pretrained(ckpt), args=args,
+                         train_dataset=Dataset.from_list([{"prompt": "a", "chosen": "b", "rejected": "c"}]),
+                         processing_class=AutoTokenizer.from_pretrained(ckpt))  # fmt: skip
+    trainer.train_dataset = Dataset.from_list([
+        {"prompt_ids": p["prompt"], "chosen_ids": p["chosen"], "rejected_ids": p["rejected"],
+         "ref_chosen_logps": r[0], "ref_rejected_logps": r[1]} for p, r in zip(pairs, refs, strict=True)
+    ])  # fmt: skip
+    runtime = trainer.train().metrics["train_runtime"]
+    return sum(2 * len(p["prompt"]) + len(p["chosen"]) + len(p["rejected"]) for p in pairs) / runtime
+
+
+def generation_rates(ckpt: Path, cfg, prompts: list[list[int]], new_tokens: int, pad_id: int):
+    """(ours tokens/s, transformers tokens/s, identical greedy outputs)."""
+    from transformers import LlamaForCausalLM
+
+    from training.checkpoint import load_pretrained
+
+    ours, _ = load_pretrained(ckpt)
+    started = time.perf_counter()
+    mine = sample(ours, prompts, SamplingConfig(max_new_tokens=new_tokens, temperature=0), None, pad_id).sequences
+    ours_rate = len(prompts) * new_tokens / (time.perf_counter() - started)
+    hf = LlamaForCausalLM.from_pretrained(ckpt).eval()
+    ids, keep = left_pad(prompts, pad_id)
+    started = time.perf_counter()
+    with torch.no_grad():
+        theirs = hf.generate(ids, attention_mask=keep.long(), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                             do_sample=False, pad_token_id=pad_id)  # fmt: skip
+    hf_rate = len(prompts) * new_tokens / (time.perf_counter() - started)
+    return ours_rate, hf_rate, bool(torch.equal(mine, theirs))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
@@ -125,7 +200,11 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--stages", default="sft,reward,dpo,generation")
+    parser.add_argument("--new-tokens", dest="new_tokens", type=int, default=64)
+    parser.add_argument("--prompts", type=int, default=8)
     args = parser.parse_args()
+    stages = set(args.stages.split(","))
     data = Path(os.environ.get("LAKE_DATA_DIR", REPO.parent / "shared" / "data")).resolve()
     root = Path(tempfile.mkdtemp(prefix="lake-bench-posttrain-"))
     texts = (data / "text" / "wiki_demo.txt").read_text(encoding="utf-8").splitlines()
@@ -139,14 +218,45 @@ def main() -> None:
     special = dict(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
     save_pretrained(LlamaModel(cfg, seed=0), cfg, root / "lm", root / "tok", **special)
     save_pretrained(RewardModel(cfg, tokenizer.pad_id, seed=0), cfg, root / "rm", root / "tok", **special)
-    rates: dict[str, list[float]] = {k: [] for k in ("sft_ours", "sft_trl", "reward_ours", "reward_trl")}
+    dpo_pairs = preference_pairs(data, template, args.seq_len, n)
+    from training.checkpoint import load_pretrained
+
+    refs = reference_logps(load_pretrained(root / "lm")[0], dpo_pairs, tokenizer.pad_id)
+    prompts = [p["prompt"] for p in dpo_pairs if len(p["prompt"]) + args.new_tokens <= args.seq_len][: args.prompts]
+    rates: dict[str, list[float]] = {}
+    identical = []
     for round_ in range(args.rounds):
-        rates["sft_ours"].append(ours_sft(cfg, examples, args.batch, args.lr, tokenizer.pad_id))
-        rates["sft_trl"].append(trl_sft(root / "lm", examples, args.batch, args.lr, root / f"trl-sft-{round_}"))
-        rates["reward_ours"].append(ours_reward(cfg, pairs, args.batch, args.lr, tokenizer.pad_id))
-        rates["reward_trl"].append(trl_reward(root / "rm", pairs, args.batch, args.lr, root / f"trl-rm-{round_}"))
+        if "sft" in stages:
+            rates.setdefault("sft_ours", []).append(ours_sft(cfg, examples, args.batch, args.lr, tokenizer.pad_id))
+            rates.setdefault("sft_trl", []).append(trl_sft(root / "lm", examples, args.batch, args.lr,
+                                                           root / f"trl-sft-{round_}"))  # fmt: skip
+        if "reward" in stages:
+            rates.setdefault("reward_ours", []).append(ours_reward(cfg, pairs, args.batch, args.lr, tokenizer.pad_id))
+            rates.setdefault("reward_trl", []).append(trl_reward(root / "rm", pairs, args.batch, args.lr,
+                                                                 root / f"trl-rm-{round_}"))  # fmt: skip
+        if "dpo" in stages:
+            rates.setdefault("dpo_ours", []).append(ours_dpo(cfg, dpo_pairs, refs, args.batch, args.lr,
+                                                             tokenizer.pad_id))  # fmt: skip
+            rates.setdefault("dpo_trl", []).append(trl_dpo(root / "lm", dpo_pairs, refs, args.batch, args.lr,
+                                                           root / f"trl-dpo-{round_}"))  # fmt: skip
+        if "generation" in stages:
+            ours_rate, hf_rate, same = generation_rates(root / "lm", cfg, prompts, args.new_tokens, tokenizer.pad_id)
+            rates.setdefault("generation_ours", []).append(ours_rate)
+            rates.setdefault("generation_hf", []).append(hf_rate)
+            identical.append(same)
         print({k: round(v[-1], 1) for k, v in rates.items()}, file=sys.stderr)
     best = {k: max(v) for k, v in rates.items()}
+    figures = {}
+    for ours_key, theirs_key, name in (("sft_ours", "sft_trl", "sft"), ("reward_ours", "reward_trl", "reward"),
+                                       ("dpo_ours", "dpo_trl", "dpo"),
+                                       ("generation_ours", "generation_hf", "generation")):  # fmt: skip
+        if ours_key in best:
+            peer = "hf" if name == "generation" else "trl"
+            figures |= {f"{name}_tokens_per_s": round(best[ours_key], 1),
+                        f"{name}_{peer}_tokens_per_s": round(best[theirs_key], 1),
+                        f"{name}_ratio": round(best[ours_key] / best[theirs_key], 3)}  # fmt: skip
+    if identical:
+        figures["generation_greedy_identical"] = all(identical)
     result = {
         "benchmark": "posttrain",
         "model": {"preset": "tiny", "params": LlamaModel(cfg).num_params(), "vocab": tokenizer.vocab_size},
@@ -156,12 +266,10 @@ def main() -> None:
         "seq_len": args.seq_len,
         "sft_examples": len(examples),
         "reward_pairs": len(pairs),
-        "sft_tokens_per_s": round(best["sft_ours"], 1),
-        "sft_trl_tokens_per_s": round(best["sft_trl"], 1),
-        "sft_ratio": round(best["sft_ours"] / best["sft_trl"], 3),
-        "reward_tokens_per_s": round(best["reward_ours"], 1),
-        "reward_trl_tokens_per_s": round(best["reward_trl"], 1),
-        "reward_ratio": round(best["reward_ours"] / best["reward_trl"], 3),
+        "dpo_pairs": len(dpo_pairs),
+        "generation_prompts": len(prompts),
+        "new_tokens": args.new_tokens,
+        **figures,
         "runs_tokens_per_s": {k: [round(x, 1) for x in v] for k, v in rates.items()},
     }
     print(json.dumps(result))

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from training.checkpoint import config_from_hf, config_to_hf, load_pretrained, save_pretrained
-from training.model import LlamaModel, ModelConfig, block_causal_mask, generate
+from training.generation import generate
+from training.model import LlamaModel, ModelConfig, block_causal_mask
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub access on test machines
 

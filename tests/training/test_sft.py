@@ -121,8 +121,9 @@ def test_packed_rows_give_the_unpacked_loss(tokenizer, conversations):
 def test_a_trained_model_stops_by_emitting_eos(tokenizer, conversations):
     from training.chat import pack_rows, stack_rows
     from training.config import OptimConfig
+    from training.generation import generate
     from training.loop import Trainer
-    from training.model import LlamaModel, ModelConfig, generate
+    from training.model import LlamaModel, ModelConfig
     from training.optim import build_optimizer
     from training.posttrain import sft_loss_fn
 
