@@ -119,6 +119,8 @@ class MainBlockConfig:
     headline_share: float = 0.7  # a box with this share of its text in headline links is a headline list
     dated_share: float = 0.5  # ... and a dated one with a date for at least this share of its headlines
     sibling_share: float = 0.2  # siblings of the best box scoring this share of its score join it
+    teaser_lists: bool = True  # a box of headline links, each with a short summary, is boilerplate (see below)
+    teaser_good_per_headline: float = 400.0  # ... when it holds less good text than this per headline
     lead_levels: int = 1  # lead paragraphs are looked for before the chosen box (1) and its ancestors (2, ...)
     lead_bad_share: float = 0.2  # ... in boxes with at most this much bad text per good text
     min_uncommented_share: float = 0.5  # below this share of good text outside comment boxes, they are content
@@ -177,7 +179,7 @@ def extract_main_block(html: str, config: MainBlockConfig | None = None) -> Main
     index = {e: i for i, e in enumerate(elems)}
     parent = [-1] * n
     # flags: 1 = inside a link (inherited); the element itself: 2 = weak boilerplate hint or hidden,
-    # 4 = strong boilerplate hint, 8 = consent dialog, 16 = comment section
+    # 4 = strong boilerplate hint, 8 = consent dialog, 16 = comment section, 32 = teaser list (set below)
     flags = [0] * n
     for i in range(1, n):
         e = elems[i]
@@ -239,6 +241,7 @@ def extract_main_block(html: str, config: MainBlockConfig | None = None) -> Main
             inl_link[p] += inl_link[i]
     # pass 2: raw subtree sums of good text, to size the hinted boxes
     raw = good[:]
+    own_headline = headline[:]
     nhead = [1 if h else 0 for h in headline]
     for i in range(n - 1, 0, -1):
         p = parent[i]
@@ -246,6 +249,21 @@ def extract_main_block(html: str, config: MainBlockConfig | None = None) -> Main
             raw[p] += raw[i]
         headline[p] += headline[i]
         nhead[p] += nhead[i]
+    # Teaser lists ("More stories", a query loop of other posts): at least ``min_headlines`` headline links, each
+    # with a short summary (good text, but little of it per headline), are boilerplate whatever their class and
+    # size (flag 32). A list of headlines without summaries is link text already (and a dated one may join the
+    # article below); an article has far more text per link. On a listing page, where teasers are all there is,
+    # the fallback without strong hints below (mask 10) sees them again. Counted bottom-up without the teaser
+    # lists found below, so the article's box, which holds one, is not a teaser list itself.
+    if cfg.teaser_lists:
+        t_good, t_head = good[:], [1 if h else 0 for h in own_headline]
+        per_headline = cfg.teaser_good_per_headline
+        for i in range(n - 1, 0, -1):
+            if t_head[i] >= cfg.min_headlines and 0 < t_good[i] < per_headline * t_head[i]:
+                flags[i] |= 32
+            elif not flags[i] & 8:
+                t_good[parent[i]] += t_good[i]
+                t_head[parent[i]] += t_head[i]
     # pass 3: a hinted box without much long text is boilerplate as a whole. Comment boxes holding more long
     # text than the rest of the page are the content (a forum thread, a comments or Q&A page); when even the
     # strongly hinted boxes hold nearly all of it, only the weak hints count.
@@ -255,9 +273,9 @@ def extract_main_block(html: str, config: MainBlockConfig | None = None) -> Main
     # discussion).
     body_min = cfg.body_min_share * raw[0]
     has_body = any(f & 16 for f in flags) and any(raw[i] >= body_min and _is_body(elems[i]) for i in range(1, n))
-    sums = _subtree_sums(elems, parent, flags, own, raw, cfg, mask=30, has_body=has_body)
+    sums = _subtree_sums(elems, parent, flags, own, raw, cfg, mask=62, has_body=has_body)
     if sums[0][0] < cfg.min_uncommented_share * raw[0] and any(f & 16 for f in flags) and not has_body:
-        sums = _subtree_sums(elems, parent, flags, own, raw, cfg, mask=14)
+        sums = _subtree_sums(elems, parent, flags, own, raw, cfg, mask=46)
     if sums[0][0] < cfg.min_unhinted_share * raw[0]:
         sums = _subtree_sums(elems, parent, flags, own, raw, cfg, mask=10)
     good, bad, neu, kbad, kneu, dead = sums
@@ -348,7 +366,7 @@ def extract_main_block(html: str, config: MainBlockConfig | None = None) -> Main
                 or c not in lists
                 and not good[j]
                 and bad[j] > neu[j]
-                and (elems[j].tag in BLOCK_TAGS or flags[j] & 30)
+                and (elems[j].tag in BLOCK_TAGS or flags[j] & 62)
                 and not (elems[j].tag in _PARA_TAGS and inl_link[j] < _PARA_MAX_LINK_SHARE * inl[j])
             ):
                 skip.add(elems[j])
@@ -371,7 +389,7 @@ def _subtree_sums(elems, parent, flags, own, raw, cfg, mask: int, has_body: bool
     comment_max = raw[0] + 1 if has_body else strong_max
     for i in range(n - 1, 0, -1):
         f = flags[i] & mask
-        if f & 8 or f & 22 and raw[i] < (comment_max if f & 16 else strong_max if f & 4 else weak_max):
+        if f & 40 or f & 22 and raw[i] < (comment_max if f & 16 else strong_max if f & 4 else weak_max):
             bad[i] += good[i] + neu[i]
             kbad[i] = bad[i]
             good[i] = neu[i] = kneu[i] = 0.0
@@ -380,7 +398,7 @@ def _subtree_sums(elems, parent, flags, own, raw, cfg, mask: int, has_body: bool
         good[p] += good[i]
         bad[p] += bad[i]
         neu[p] += neu[i]
-        if good[i] or bad[i] <= neu[i] or not (f & 30 or elems[i].tag in BLOCK_TAGS):
+        if good[i] or bad[i] <= neu[i] or not (f & 62 or elems[i].tag in BLOCK_TAGS):
             kbad[p] += kbad[i]
             kneu[p] += kneu[i]
     return good, bad, neu, kbad, kneu, dead
