@@ -120,7 +120,9 @@ class MainBlockConfig:
     dated_share: float = 0.5  # ... and a dated one with a date for at least this share of its headlines
     sibling_share: float = 0.2  # siblings of the best box scoring this share of its score join it
     teaser_lists: bool = True  # a box of headline links, each with a short summary, is boilerplate (see below)
+    teaser_min_headlines: int = 5  # ... of at least this many headlines (a short article may hold 3 or 4 links)
     teaser_good_per_headline: float = 400.0  # ... when it holds less good text than this per headline
+    teaser_paragraphs_per_headline: float = 2.0  # ... and at most this many good paragraphs per headline
     lead_levels: int = 1  # lead paragraphs are looked for before the chosen box (1) and its ancestors (2, ...)
     lead_bad_share: float = 0.2  # ... in boxes with at most this much bad text per good text
     min_uncommented_share: float = 0.5  # below this share of good text outside comment boxes, they are content
@@ -249,21 +251,23 @@ def extract_main_block(html: str, config: MainBlockConfig | None = None) -> Main
             raw[p] += raw[i]
         headline[p] += headline[i]
         nhead[p] += nhead[i]
-    # Teaser lists ("More stories", a query loop of other posts): at least ``min_headlines`` headline links, each
-    # with a short summary (good text, but little of it per headline), are boilerplate whatever their class and
-    # size (flag 32). A list of headlines without summaries is link text already (and a dated one may join the
-    # article below); an article has far more text per link. On a listing page, where teasers are all there is,
-    # the fallback without strong hints below (mask 10) sees them again. Counted bottom-up without the teaser
-    # lists found below, so the article's box, which holds one, is not a teaser list itself.
+    # Teaser lists ("More stories", a query loop of other posts): at least ``teaser_min_headlines`` headline links, each
+    # with about one short summary paragraph (``_is_teaser_list``), are boilerplate whatever their class and size
+    # (flag 32); an article has far more text per link. Counted bottom-up without the teaser lists found below (so
+    # the article's box, which may hold one, is not one itself) and without link lists (headlines without
+    # summaries are link text already). A dated list is a related-coverage archive, left to the rule below. On a
+    # listing page, where teasers are all there is, the fallback without strong hints (mask 10) sees them again.
     if cfg.teaser_lists:
         t_good, t_head = good[:], [1 if h else 0 for h in own_headline]
-        per_headline = cfg.teaser_good_per_headline
+        t_paras = [1 if g else 0 for g in good]
         for i in range(n - 1, 0, -1):
-            if t_head[i] >= cfg.min_headlines and 0 < t_good[i] < per_headline * t_head[i]:
+            if _is_teaser_list(t_good[i], t_head[i], t_paras[i], cfg) and not _dated(elems[i], t_head[i], cfg):
                 flags[i] |= 32
-            elif not flags[i] & 8:
-                t_good[parent[i]] += t_good[i]
-                t_head[parent[i]] += t_head[i]
+            elif (t_good[i] or t_head[i] < cfg.min_headlines) and not flags[i] & 8:  # a link list is no teaser
+                p = parent[i]
+                t_good[p] += t_good[i]
+                t_head[p] += t_head[i]
+                t_paras[p] += t_paras[i]
     # pass 3: a hinted box without much long text is boilerplate as a whole. Comment boxes holding more long
     # text than the rest of the page are the content (a forum thread, a comments or Q&A page); when even the
     # strongly hinted boxes hold nearly all of it, only the weak hints count.
@@ -320,7 +324,7 @@ def extract_main_block(html: str, config: MainBlockConfig | None = None) -> Main
                 continue  # share bars, ads, spacers
             if good[j] or nhead[j] < cfg.min_headlines or headline[j] < cfg.headline_share * (bad[j] + neu[j]):
                 break
-            if len(DATE_RE.findall("".join(elems[j].itertext()))) < cfg.dated_share * nhead[j]:
+            if not _dated(elems[j], nhead[j], cfg):
                 break
             chosen.append(j)
             lists.add(j)
@@ -402,6 +406,21 @@ def _subtree_sums(elems, parent, flags, own, raw, cfg, mask: int, has_body: bool
             kbad[p] += kbad[i]
             kneu[p] += kneu[i]
     return good, bad, neu, kbad, kneu, dead
+
+
+def _is_teaser_list(good: float, headlines: int, paragraphs: int, cfg: MainBlockConfig) -> bool:
+    """Headline links each with about one short summary paragraph: at least ``teaser_min_headlines`` of both, at most
+    ``teaser_paragraphs_per_headline`` paragraphs and ``teaser_good_per_headline`` good text per headline."""
+    return (
+        headlines >= cfg.teaser_min_headlines
+        and cfg.teaser_min_headlines <= paragraphs <= cfg.teaser_paragraphs_per_headline * headlines
+        and good < cfg.teaser_good_per_headline * headlines
+    )
+
+
+def _dated(e: etree._Element, headlines: int, cfg: MainBlockConfig) -> bool:
+    """Whether a box of ``headlines`` headline links carries a date for at least ``dated_share`` of them."""
+    return len(DATE_RE.findall("".join(e.itertext()))) >= cfg.dated_share * headlines
 
 
 def _unhinted(flags: list[int], parent: list[int], k: int, top: int) -> bool:
