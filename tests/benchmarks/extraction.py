@@ -172,16 +172,24 @@ def plain(method: str):
     return lambda page: (extractor.extract_one(page.html, page.url)[0], method)
 
 
-def measure(pages: list[Page], extract) -> tuple[list[tuple[float, ...]], float, int]:
-    """Per-page figures, summed CPU seconds, and the number of pages where trafilatura ran inside ours."""
-    figures, seconds, fallbacks = [], 0.0, 0
+@dataclass
+class Measured:
+    figures: list[tuple[float, ...]]
+    seconds: float = 0.0  # summed CPU seconds
+    fallbacks: int = 0  # pages where trafilatura ran inside ours
+
+
+def measure(pages: list[Page], extractors: dict) -> dict[str, Measured]:
+    """Run every extractor on each page in turn (side by side, so load on a shared machine hits all alike)."""
+    out = {name: Measured([]) for name in extractors}
     for page in pages:
-        t0 = time.process_time()
-        text, method = extract(page)
-        seconds += time.process_time() - t0
-        fallbacks += method == "trafilatura"
-        figures.append(page_score(text, page.gold))
-    return figures, seconds, fallbacks
+        for name, extract in extractors.items():
+            t0 = time.process_time()
+            text, method = extract(page)
+            out[name].seconds += time.process_time() - t0
+            out[name].fallbacks += method == "trafilatura"
+            out[name].figures.append(page_score(text, page.gold))
+    return out
 
 
 def select(grid_figures: dict[str, dict[str, list]], pages: dict[str, list[Page]], sets, half: str | None) -> str:
@@ -214,17 +222,15 @@ DEFAULT_NAME = config_name(default_config())
 
 def run(set_names: list[str], limit: int | None) -> dict:
     pages = {s: list(load_pages(s, limit)) for s in set_names}
-    grid_figures: dict[str, dict[str, list]] = {}
-    default_stats: dict[str, tuple[float, int]] = {}
-    for config in GRID:
+    # timed side by side: our default configuration and the plain extractors, page by page
+    side_by_side = {"ours": Ours(**default_config())} | {m: plain(m) for m in PLAIN}
+    timed = {s: measure(pages[s], side_by_side) for s in set_names}
+    grid_figures: dict[str, dict[str, list]] = {DEFAULT_NAME: {s: timed[s]["ours"].figures for s in set_names}}
+    for config in GRID:  # the other grid points: scores only
         name = config_name(config)
-        ours = Ours(**config)
-        grid_figures[name] = {}
-        for s in set_names:
-            figures, seconds, fallbacks = measure(pages[s], ours)
-            grid_figures[name][s] = figures
-            if name == DEFAULT_NAME:
-                default_stats[s] = (seconds, fallbacks)
+        if name not in grid_figures:
+            ours = Ours(**config)
+            grid_figures[name] = {s: measure(pages[s], {name: ours})[name].figures for s in set_names}
         print(
             f"[extraction] {name}: "
             + " ".join(f"{s}={score_on(grid_figures[name][s], pages[s], s):.4f}" for s in set_names),
@@ -232,38 +238,35 @@ def run(set_names: list[str], limit: int | None) -> dict:
         )
     if DEFAULT_NAME not in grid_figures:
         raise RuntimeError(f"the default configuration {DEFAULT_NAME} is not a grid point")
-    plain_figures = {m: {s: measure(pages[s], plain(m))[:2] for s in set_names} for m in PLAIN}
     on_all = select(grid_figures, pages, set_names, None)
     on_dev = select(grid_figures, pages, set_names, "dev")
     results: dict = {"default": DEFAULT_NAME, "selected_on_all": on_all, "selected_on_dev": on_dev}
     for s in set_names:
         others = [o for o in set_names if o != s] or [s]
         loso = select(grid_figures, pages, others, None)
-        tr_figures, tr_seconds = plain_figures["trafilatura"][s]
-        rp_figures = plain_figures["resiliparse"][s]
-        seconds, fallbacks = default_stats[s]
+        ours, tr, rp = (timed[s][name] for name in ("ours", "trafilatura", "resiliparse"))
         n = len(pages[s])
         halves = {}
         for half in ("dev", "test"):
             halves[half] = {
                 "pages": sum(p.half == half for p in pages[s]),
                 "f1": score_on(grid_figures[on_dev][s], pages[s], s, half),
-                "trafilatura_f1": score_on(tr_figures, pages[s], s, half),
-                "resiliparse_f1": score_on(rp_figures[0], pages[s], s, half),
+                "trafilatura_f1": score_on(tr.figures, pages[s], s, half),
+                "resiliparse_f1": score_on(rp.figures, pages[s], s, half),
             }
         results[s] = {
             "pages": n,
             "f1": score_on(grid_figures[DEFAULT_NAME][s], pages[s], s),
-            "trafilatura_f1": score_on(tr_figures, pages[s], s),
-            "resiliparse_f1": score_on(rp_figures[0], pages[s], s),
+            "trafilatura_f1": score_on(tr.figures, pages[s], s),
+            "resiliparse_f1": score_on(rp.figures, pages[s], s),
             "tuned_on_all_f1": score_on(grid_figures[on_all][s], pages[s], s),
             "leave_one_set_out_f1": score_on(grid_figures[loso][s], pages[s], s),
             "leave_one_set_out_config": loso,
             **halves,
-            "pages_per_s": round(n / max(seconds, 1e-9), 1),
-            "trafilatura_pages_per_s": round(n / max(tr_seconds, 1e-9), 1),
-            "speed_ratio": round(tr_seconds / max(seconds, 1e-9), 2),
-            "fallback_share": round(fallbacks / max(1, n), 3),
+            "pages_per_s": round(n / max(ours.seconds, 1e-9), 1),
+            "trafilatura_pages_per_s": round(n / max(tr.seconds, 1e-9), 1),
+            "speed_ratio": round(tr.seconds / max(ours.seconds, 1e-9), 2),
+            "fallback_share": round(ours.fallbacks / max(1, n), 3),
         }
     return results
 

@@ -186,3 +186,12 @@ def test_teaser_list_after_the_article_is_dropped_but_a_listing_page_keeps_its_t
     assert "short summary of story 3" in with_teasers  # the rule, not something else, removed them
     listing = f"<html><body><div class='wrap'>{_teasers(8)}</div></body></html>"
     assert "short summary of story 7" in ExtractMainText(method="mainblock").extract_one(listing)[0]
+
+
+def test_vectorised_depth_bound_is_never_below_the_tag_scan(magic_pages):
+    from malformed_warcs import deep_html_page
+
+    from operators.htmldepth import bracket_depth_bound, tag_depth_bound
+
+    for html in [p[0] for p in magic_pages] + [deep_html_page(300).decode(), "<p>a < b</p></div></div><div>"]:
+        assert bracket_depth_bound(html) >= tag_depth_bound(html)
