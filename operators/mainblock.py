@@ -90,6 +90,8 @@ _PARA_TAGS = _HEADING_TAGS | {"p"}
 _PARA_MAX_LINK_SHARE = 0.75
 _WEAK_TAGS = frozenset(("header",))
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
+# CSS utility classes that hide an element (Bootstrap, Tailwind, WordPress screen-reader text): hidden like the style
+_HIDDEN_CLASS = re.compile(r"(?:^|\s)(?:hidden|d-none|is-hidden|visually-hidden|sr-only|screen-reader-text)(?:$|\s)")
 _SPACE_RE = re.compile(r"\s+")
 _BREAKS_RE = re.compile(r"\s*\x00[\s\x00]*")
 
@@ -201,7 +203,8 @@ def extract_main_block(html: str, config: MainBlockConfig | None = None) -> Main
             cls = None  # a CMS taxonomy dump ("post category-news tag-newsletter ..."), not the box's role
         if cls or ident:
             f |= _hint(f"{cls or ''} {ident or ''}")
-        if e.get("hidden") is not None or ((st := e.get("style")) and _HIDDEN_STYLE.search(st)):
+        hidden_class = cls is not None and _HIDDEN_CLASS.search(cls)
+        if e.get("hidden") is not None or hidden_class or ((st := e.get("style")) and _HIDDEN_STYLE.search(st)):
             f |= 2
         flags[i] = f
     cjk = bool(CJK_RE.search(html[len(html) // 3 : len(html) // 3 + 4000]))
