@@ -161,6 +161,18 @@ def _hint(attrs: str) -> int:
     return 2 if _WEAK_HINT.search(attrs) and not _POS_HINT.search(attrs) else 0
 
 
+@lru_cache(maxsize=8192)
+def _class_hides(cls: str) -> bool:
+    """A hiding utility class ("hidden", "d-none", "sr-only") in a class attribute (cached: pages repeat them)."""
+    return bool(_HIDDEN_CLASS.search(cls))
+
+
+@lru_cache(maxsize=8192)
+def _style_hides(style: str) -> bool:
+    """``display: none`` or ``visibility: hidden`` in a style attribute (cached: pages repeat them)."""
+    return bool(_HIDDEN_STYLE.search(style))
+
+
 def _is_body(e: etree._Element) -> bool:
     """Whether the element is named as the article body (itemprop, or a class/id such as "article-body")."""
     if e.get("itemprop") == "articleBody":
@@ -203,8 +215,7 @@ def extract_main_block(html: str, config: MainBlockConfig | None = None) -> Main
             cls = None  # a CMS taxonomy dump ("post category-news tag-newsletter ..."), not the box's role
         if cls or ident:
             f |= _hint(f"{cls or ''} {ident or ''}")
-        hidden_class = cls is not None and _HIDDEN_CLASS.search(cls)
-        if e.get("hidden") is not None or hidden_class or ((st := e.get("style")) and _HIDDEN_STYLE.search(st)):
+        if (cls and _class_hides(cls)) or e.get("hidden") is not None or ((st := e.get("style")) and _style_hides(st)):
             f |= 2
         flags[i] = f
     cjk = bool(CJK_RE.search(html[len(html) // 3 : len(html) // 3 + 4000]))
@@ -264,6 +275,8 @@ def extract_main_block(html: str, config: MainBlockConfig | None = None) -> Main
         t_good, t_head = good[:], [1 if h else 0 for h in own_headline]
         t_paras = [1 if g else 0 for g in good]
         for i in range(n - 1, 0, -1):
+            if not t_head[i] and not t_good[i]:
+                continue  # nothing to test or pass up (most elements)
             if _is_teaser_list(t_good[i], t_head[i], t_paras[i], cfg) and not _dated(elems[i], t_head[i], cfg):
                 flags[i] |= 32
             elif (t_good[i] or t_head[i] < cfg.min_headlines) and not flags[i] & 8:  # a link list is no teaser
