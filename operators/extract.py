@@ -140,7 +140,6 @@ class ExtractMainText(Operator):
         fallback_min_good: float = 100.0,
         fallback_min_share: float = 0.3,
         fallback_min_good_small: float = 150.0,
-        fallback_rival_share: float | None = 0.5,
         small_page_chars: int = 100_000,
         fast_fallback_chars: int = 300_000,
         max_html_chars: int = 5_000_000,
@@ -166,9 +165,6 @@ class ExtractMainText(Operator):
         # cheap and is taken below a higher bar of good text
         self.fallback_min_good_small = fallback_min_good_small
         self.small_page_chars = small_page_chars
-        # ... or when another box, outside the chosen ones, scores at least this share of the chosen one (two
-        # candidates of about the same weight: a teaser and the body, or two stories); None: never
-        self.fallback_rival_share = fallback_rival_share
         # on pages over this, the fallback runs trafilatura's fast mode (no second pass with its readability and
         # jusText fallbacks), about half the cost where the cost is highest
         self.fast_fallback_chars = fast_fallback_chars
@@ -207,8 +203,6 @@ class ExtractMainText(Operator):
         if len(html) < self.small_page_chars:
             min_good = max(min_good, self.fallback_min_good_small)
         confident = block.good_chars >= min_good and block.good_chars >= self.fallback_min_share * block.page_good_chars
-        if self.fallback_rival_share is not None and block.rival_share >= self.fallback_rival_share:
-            confident = False
         if confident:
             return self._finish(block.text, title, "mainblock", errors, html)
         fast = len(html) > self.fast_fallback_chars

@@ -104,7 +104,6 @@ class MainBlock:
     bad_chars: float  # bad paragraph weight in the chosen block
     page_chars: float  # all paragraph weight on the page
     tag: str
-    rival_share: float = 0.0  # best score of a box outside the chosen ones (and their ancestors), per best score
 
 
 @dataclass
@@ -376,14 +375,8 @@ def extract_main_block(html: str, config: MainBlockConfig | None = None) -> Main
         a = p
     chosen = sorted(lead) + chosen
     texts = []
-    covered = [False] * n
-    a = best
-    while a >= 0:  # the chosen box's ancestors hold it: no rivals
-        covered[a] = True
-        a = parent[a]
     for c in chosen:
         hi = _subtree_end(parent, c)
-        covered[c:hi] = [True] * (hi - c)
         skip = set()
         for j in range(c + 1, hi) if not dead[c] else ():  # a dead c is a lead paragraph from a header
             if (
@@ -401,10 +394,7 @@ def extract_main_block(html: str, config: MainBlockConfig | None = None) -> Main
     text = "\n".join(t for t in texts if t)
     chosen_good = sum(good[c] for c in chosen)
     chosen_bad = sum(bad[c] for c in chosen)
-    rival = max((score[i] for i in range(n) if score[i] and not covered[i]), default=0.0)
-    rival_share = rival / best_score if best_score > 0 else 0.0
-    page_chars = good[0] + bad[0] + neu[0]
-    return MainBlock(text, chosen_good, good[0], chosen_bad, page_chars, elems[best].tag, rival_share)
+    return MainBlock(text, chosen_good, good[0], chosen_bad, good[0] + bad[0] + neu[0], elems[best].tag)
 
 
 def _subtree_sums(elems, parent, flags, own, raw, cfg, mask: int, has_body: bool = False):

@@ -18,9 +18,9 @@ Scores
   tp/(tp+fp), recall = tp/(tp+fn), F1 of those. Whitespace is collapsed on both sides before matching.
 
 Tuning honesty. Our rules and thresholds that a benchmark could tune form a small grid (``GRID``: cutting trailing
-sections at lexicon headings, teaser-list detection, the sibling share of the main block, falling back to
-trafilatura when a rival box scores half the chosen one); every grid point extracts every page once. Selection
-maximises the mean over the training sets of each set's score. Reported per set:
+sections at lexicon headings, teaser-list detection, the sibling share of the main block); every grid point
+extracts every page once. Selection maximises the mean over the training sets of each
+set's score. Reported per set:
 - ``tuned_on_all``: the grid point best on all sets, scored on this set (an optimistic upper bound);
 - ``leave_one_set_out``: the grid point best on the *other* sets, scored on this one (this set never seen);
 - ``dev`` / ``test``: pages split in halves by a hash of the page id; the grid point best on the dev halves of all
@@ -65,7 +65,6 @@ GRID_AXES = {
     "cut_trailing": (True, False),
     "teaser_lists": (True, False),
     "sibling_share": (0.2, 0.35),
-    "fallback_rival_share": (0.5, None),
 }
 GRID = [dict(zip(GRID_AXES, values, strict=True)) for values in itertools.product(*GRID_AXES.values())]
 
@@ -213,7 +212,7 @@ def score_on(figures: list, pages: list[Page], set_name: str, half: str | None =
 def default_config() -> dict:
     """The shipped defaults of ``ExtractMainText`` on the grid's axes."""
     op = ExtractMainText()
-    values = {"cut_trailing": op.cut_trailing, "fallback_rival_share": op.fallback_rival_share}
+    values = {"cut_trailing": op.cut_trailing}
     values |= {k: getattr(op.block_config, k) for k in ("teaser_lists", "sibling_share")}
     return {k: values[k] for k in GRID_AXES}
 

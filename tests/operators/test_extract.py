@@ -195,20 +195,3 @@ def test_vectorised_depth_bound_is_never_below_the_tag_scan(magic_pages):
 
     for html in [p[0] for p in magic_pages] + [deep_html_page(300).decode(), "<p>a < b</p></div></div><div>"]:
         assert bracket_depth_bound(html) >= tag_depth_bound(html)
-
-
-def test_two_stories_of_equal_weight_defer_to_trafilatura():
-    """A rival box scoring about as much as the chosen one (a teaser and the body, two stories) makes our choice
-    unreliable: the page goes to trafilatura; with the rule off, our block is kept."""
-
-    def story(topic: str, paragraphs: int) -> str:
-        para = f"The council approved the {topic} after a long debate about schools, roads and the new library. "
-        return "".join(f"<p>{para * 2}</p>" for _ in range(paragraphs))
-
-    # the rival is a cousin, not a sibling (siblings scoring a fair share join the chosen box): its box also holds
-    # a long link list, which keeps that box, and the page, from outscoring the first story
-    links = "".join(f"<li><a href='/{i}'>Link number {i} to another section of the site</a></li>" for i in range(120))
-    first, second = story("budget", 4), story("zoning plan", 3)
-    page = f"<html><body><div>{first}</div><div><ul>{links}</ul><div>{second}</div></div></body></html>"
-    assert ExtractMainText().extract_one(page)[2] == "trafilatura"
-    assert ExtractMainText(fallback_rival_share=None).extract_one(page)[2] == "mainblock"
