@@ -1,7 +1,8 @@
 """Line-level boilerplate removal (a modifier: rewrites ``text``, records what it removed).
 
 Default rules are the ones that only hit boilerplate: cookie/privacy/terms lines, "enable javascript" notices,
-lines of only punctuation/digits/nav separators, and short share/login/navigation lines (en + zh). C4's
+lines of only punctuation/digits/nav separators, and share/login/navigation labels (en + zh, the lexicon
+``operators/lexicons/nav_lines.txt``). This operator, not extraction, owns boilerplate lines. C4's
 stricter
 line rules (terminal punctuation, >= 3 words) are options, off by default; when on they are CJK-aware: Chinese
 lines may end in 。！？…” etc., and each CJK character counts as a word.
@@ -14,26 +15,19 @@ import re
 import pyarrow as pa
 
 from operators.base import Operator, Resources, register, with_columns
+from operators.lexicon import line_regex
 from operators.text import TERMINAL_PUNCT, is_cjk, is_symbol_word, split_words
 
+# matched against the lower-cased line (5x faster than re.IGNORECASE on these alternations)
 _POLICY_RE = re.compile(
     r"cookie|privacy policy|privacy notice|terms of (use|service)|terms and conditions|all rights reserved|"
-    r"隐私政策|隐私条款|使用条款|服务条款|用户协议|版权所有|版权声明|免责声明|cookie",
-    re.IGNORECASE,
+    r"隐私政策|隐私条款|使用条款|服务条款|用户协议|版权所有|版权声明|免责声明"
 )
 _JS_RE = re.compile(
-    r"javascript|enable js|请(启用|开启|打开)\s*javascript|浏览器不支持|"
-    r"your browser (does not|doesn't) support",
-    re.IGNORECASE,
+    r"javascript|enable js|请(启用|开启|打开)\s*javascript|浏览器不支持|your browser (does not|doesn't) support"
 )
-# whole-line navigation / widget text
-_NAV_RE = re.compile(
-    r"^\W*(home|menu|search|share|share this|tweet|print|e-?mail|login|log in|sign in|sign up|register|"
-    r"subscribe|next|previous|prev|back to top|read more|more|skip to (main )?content|advertisement|"
-    r"首页|菜单|搜索|分享|分享到|转发|收藏|举报|回复|登录|注册|返回顶部|上一篇|下一篇|上一页|下一页|更多|打印|关闭|"
-    r"点击查看|展开全文|阅读全文)\W*$",
-    re.IGNORECASE,
-)
+# whole-line navigation / widget labels (share, login, pagination; en + zh): a lexicon file with its provenance
+_NAV_RE = line_regex("nav_lines")
 _NAV_SEPARATORS = re.compile(r"\s*[|»›>/·•]\s*")
 
 
@@ -71,12 +65,13 @@ class LineCleanup(Operator):
             return False  # blank lines are layout, not content: kept and not counted
         if self.remove_symbol_lines and not any(c.isalpha() for c in s):
             return True
-        if self.remove_nav_lines and (_NAV_RE.match(s) or _is_nav_breadcrumb(s)):
+        if self.remove_nav_lines and (_NAV_RE.fullmatch(s) or _is_nav_breadcrumb(s)):
             return True
-        if len(s) <= self.policy_max_chars:
-            if self.remove_policy and _POLICY_RE.search(s):
+        if len(s) <= self.policy_max_chars and (self.remove_policy or self.remove_javascript):
+            lower = s.lower()
+            if self.remove_policy and _POLICY_RE.search(lower):
                 return True
-            if self.remove_javascript and _JS_RE.search(s):
+            if self.remove_javascript and _JS_RE.search(lower):
                 return True
         if self.c4_terminal_punct and not s.endswith(TERMINAL_PUNCT if cjk else (".", "!", "?", '"', "'")):
             return True

@@ -7,10 +7,10 @@
    where the fallback is cheap, or much of the page's good text outside it), run trafilatura on the page
    instead (about 10x slower, so only on those pages; in its fast mode on big pages); if trafilatura's text
    is under ``rescue_ratio`` of ours, trafilatura missed the main block: keep ours.
-3. Trim lines no main text has: lines without a letter (counters, dates, "0"), and a short list of
-   share/login/comment-widget phrases (en + zh) that extractors leak; on our own text, also cut everything
-   from the heading of a trailing section (related links, author box, comment form) on, unless a dated list
-   or a further story printed in full follows it.
+3. On our own text, cut everything from the heading of a trailing section (related links, author box, comment
+   form; the headings are lexicon files in ``operators/lexicons/``) on, unless a dated list or a further story
+   printed in full follows it. Boilerplate *lines* (share/login labels, counters) are left to ``line_cleanup``,
+   which runs next in the recipe.
 Pages over ``max_trafilatura_chars`` never fall back, so a huge page cannot stall a worker; pages over
 ``max_html_chars`` are truncated first (and say so in ``extract_error``); pages nested deeper than ``max_depth``
 are not extracted (``extract_error="html_too_deep"``), since resiliparse's time grows with the depth squared.
@@ -32,42 +32,19 @@ from resiliparse.extract.html2text import extract_plain_text
 
 from operators.base import Operator, Resources, register, with_columns
 from operators.htmldepth import MAX_HTML_DEPTH, nests_deeper_than
-from operators.mainblock import DATE_RE, extract_main_block
+from operators.lexicon import line_regex
+from operators.mainblock import DATE_RE, MainBlockConfig, extract_main_block
 from operators.text import CJK_RE
 
 METHODS = ("combined", "mainblock", "trafilatura", "resiliparse")
 
-# Lines both extractors leak from share bars, comment widgets and page chrome (whole-line matches for generic
-# words, substrings only for long, unambiguous phrases).
-_BOILERPLATE_LINE = re.compile(
-    r"网友评论仅供其表达个人看法|跟贴热词|^\W*\d*\s*人参与\W*$|^\W*责任编辑|"
-    r"^\W*(分享到|分享|转发|收藏|举报|回复|登录|注册|返回顶部|上一篇|下一篇|打印|关闭)\W*$|"
-    r"^\W*(share|share this|tweet|print|e-?mail|login|log in|sign in|sign up|subscribe|advertisement|"
-    r"related posts?|read more|back to top|skip to (main )?content)\W*$",
-    re.IGNORECASE,
-)
-# Headings that open the page's trailing sections (related links, author box, share bar, comment form), in
-# en/de/fr/pl/es/pt/zh: text from such a heading on is cut, when at least ``_END_MIN_SHARE`` of the text comes
-# before it (a heading near the top is more likely part of a list page than the end of an article).
-_END_HEADING = re.compile(
-    r"^\W*(?:leave a (?:reply|comment)|kommentieren|schreibe(?:n sie)? einen kommentar|"
-    r"(?:ähnliche|verwandte|weitere) (?:beiträge|artikel|themen|nachrichten)|auch interessant|"
-    r"das könnte sie (?:auch )?interessieren|mehr (?:zum thema|aus dem|zu diesem thema|von)|lesen sie auch|"
-    r"weitere informationen|über den autor|zum autor|related(?: posts| articles| stories| content)?|"
-    r"you (?:may|might) also like|more (?:from|on|stories|articles)\b.*|read (?:more|next)|recommended(?: for you)?|"
-    r"about the author|share this(?: article| post)?|teilen(?: mit)?|tags?|schlagwörter|"
-    r"相关(?:阅读|新闻|文章|推荐)|热门(?:推荐|文章)|推荐阅读|延伸阅读|"
-    r"articles? (?:similaires|liés)|à lire aussi|lire aussi|czytaj (?:też|także)|zobacz (?:też|także)|"
-    r"artículos relacionados|te puede interesar|leia também)\W*$",
-    re.IGNORECASE,
-)
-# A comments heading ("12 Comments", "Kommentare (3)", "评论") cuts only when most of the text (the article)
-# comes before it: on a forum or comments page, the comments are the content.
-_COMMENTS_HEADING = re.compile(
-    r"^\W*(?:\d+\s+)?(?:comments?|responses?|kommentare?|评论|网友评论|commentaires?|komentarze?|comentarios?)"
-    r"\W*(?:\(\d+\))?$",
-    re.IGNORECASE,
-)
+# Headings that open the page's trailing sections (related links, author box, share bar, comment form): text from
+# such a heading on is cut, when at least ``_END_MIN_SHARE`` of the text comes before it (a heading near the top is
+# more likely part of a list page than the end of an article). A comments heading ("12 Comments") cuts only when
+# most of the text (the article) comes before it: on a forum or comments page, the comments are the content.
+# Both phrase lists are lexicon files with their provenance (``operators/lexicons/``).
+_END_HEADING = line_regex("end_headings")
+_COMMENTS_HEADING = line_regex("comment_headings")
 _END_MIN_SHARE, _COMMENTS_MIN_SHARE = 0.3, 0.7
 _PROSE_CHARS, _PROSE_LINES = 150, 3
 _TITLE_RE = re.compile(r"<title[^>]*>(.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
@@ -90,14 +67,9 @@ def extract_title(html: str) -> str | None:
     return None
 
 
-def trim_boilerplate_lines(text: str) -> str:
-    kept = []
-    for line in text.splitlines():
-        stripped = line.strip()
-        if not stripped or not any(c.isalpha() for c in stripped) or _BOILERPLATE_LINE.search(stripped):
-            continue
-        kept.append(stripped)
-    return "\n".join(kept)
+def tidy_lines(text: str) -> str:
+    """Strip every line and drop blank ones (layout only: boilerplate lines are ``line_cleanup``'s job)."""
+    return "\n".join(stripped for line in text.splitlines() if (stripped := line.strip()))
 
 
 def cut_trailing_sections(text: str) -> str:
@@ -106,7 +78,8 @@ def cut_trailing_sections(text: str) -> str:
     total, before = len(text), 0
     for i, line in enumerate(lines):
         if len(line) < 60 and before > _END_MIN_SHARE * total:
-            if _END_HEADING.match(line) or before > _COMMENTS_MIN_SHARE * total and _COMMENTS_HEADING.match(line):
+            comments = before > _COMMENTS_MIN_SHARE * total and _COMMENTS_HEADING.fullmatch(line)
+            if _END_HEADING.fullmatch(line) or comments:
                 following = lines[i + 1 : i + 6]
                 if sum(bool(DATE_RE.search(x)) for x in following) < 3 and not _is_prose(following):
                     return "\n".join(lines[:i])
@@ -161,7 +134,9 @@ class ExtractMainText(Operator):
         method: str = "combined",
         favor: str | None = None,
         rescue_ratio: float = 0.2,
-        trim_lines: bool = True,
+        cut_trailing: bool = True,
+        sibling_share: float = MainBlockConfig.sibling_share,
+        teaser_lists: bool = MainBlockConfig.teaser_lists,
         fallback_min_good: float = 100.0,
         fallback_min_share: float = 0.3,
         fallback_min_good_small: float = 150.0,
@@ -178,7 +153,10 @@ class ExtractMainText(Operator):
         self.method = method
         self.favor = favor
         self.rescue_ratio = rescue_ratio
-        self.trim_lines = trim_lines
+        # cut our text at the heading of a trailing section (related links, author box, comments)
+        self.cut_trailing = cut_trailing
+        # main-block rules: siblings scoring this share of the best box join it; teaser lists are boilerplate
+        self.block_config = MainBlockConfig(sibling_share=sibling_share, teaser_lists=teaser_lists)
         # fall back to trafilatura when the chosen block has less good text than this (CJK-weighted chars) ...
         self.fallback_min_good = fallback_min_good
         # ... or less than this share of the page's good text
@@ -214,7 +192,7 @@ class ExtractMainText(Operator):
             return self._finish(_safe(resiliparse_text, errors, html), title, "resiliparse", errors)
         if self.method == "trafilatura":
             return self._finish(_safe(trafilatura_text, errors, html, url, self.favor), title, "trafilatura", errors)
-        block = _safe(extract_main_block, errors, html)
+        block = _safe(extract_main_block, errors, html, self.block_config)
         if not block:  # lxml could not parse it: resiliparse's parser copes with anything
             return self._finish(_safe(resiliparse_text, errors, html), title, "resiliparse", errors)
         if self.method == "mainblock":
@@ -234,9 +212,9 @@ class ExtractMainText(Operator):
         return self._finish(tr, title, "trafilatura", errors, html)
 
     def _finish(self, text: str, title: str | None, method: str, errors: list[str], html: str = "") -> tuple:
-        if self.trim_lines and self.method in ("combined", "mainblock"):
-            text = trim_boilerplate_lines(text)
-            if method.startswith("mainblock"):
+        if self.method in ("combined", "mainblock"):
+            text = tidy_lines(text)
+            if self.cut_trailing and method.startswith("mainblock"):
                 text = cut_trailing_sections(text)
         if len(text.strip()) < RESCUE_BELOW_CHARS and html and self.method == "combined" and method != "resiliparse":
             # nothing looked like an article (listing pages: our block is a footer line, trafilatura finds

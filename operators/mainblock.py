@@ -90,6 +90,8 @@ _PARA_TAGS = _HEADING_TAGS | {"p"}
 _PARA_MAX_LINK_SHARE = 0.75
 _WEAK_TAGS = frozenset(("header",))
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
+# CSS utility classes that hide an element (Bootstrap, Tailwind, WordPress screen-reader text): hidden like the style
+_HIDDEN_CLASS = re.compile(r"(?:^|\s)(?:hidden|d-none|is-hidden|visually-hidden|sr-only|screen-reader-text)(?:$|\s)")
 _SPACE_RE = re.compile(r"\s+")
 _BREAKS_RE = re.compile(r"\s*\x00[\s\x00]*")
 
@@ -119,6 +121,10 @@ class MainBlockConfig:
     headline_share: float = 0.7  # a box with this share of its text in headline links is a headline list
     dated_share: float = 0.5  # ... and a dated one with a date for at least this share of its headlines
     sibling_share: float = 0.2  # siblings of the best box scoring this share of its score join it
+    teaser_lists: bool = True  # a box of headline links, each with a short summary, is boilerplate (see below)
+    teaser_min_headlines: int = 5  # ... of at least this many headlines (a short article may hold 3 or 4 links)
+    teaser_good_per_headline: float = 400.0  # ... when it holds less good text than this per headline
+    teaser_paragraphs_per_headline: float = 2.0  # ... and at most this many good paragraphs per headline
     lead_levels: int = 1  # lead paragraphs are looked for before the chosen box (1) and its ancestors (2, ...)
     lead_bad_share: float = 0.2  # ... in boxes with at most this much bad text per good text
     min_uncommented_share: float = 0.5  # below this share of good text outside comment boxes, they are content
@@ -155,6 +161,18 @@ def _hint(attrs: str) -> int:
     return 2 if _WEAK_HINT.search(attrs) and not _POS_HINT.search(attrs) else 0
 
 
+@lru_cache(maxsize=8192)
+def _class_hides(cls: str) -> bool:
+    """A hiding utility class ("hidden", "d-none", "sr-only") in a class attribute (cached: pages repeat them)."""
+    return bool(_HIDDEN_CLASS.search(cls))
+
+
+@lru_cache(maxsize=8192)
+def _style_hides(style: str) -> bool:
+    """``display: none`` or ``visibility: hidden`` in a style attribute (cached: pages repeat them)."""
+    return bool(_HIDDEN_STYLE.search(style))
+
+
 def _is_body(e: etree._Element) -> bool:
     """Whether the element is named as the article body (itemprop, or a class/id such as "article-body")."""
     if e.get("itemprop") == "articleBody":
@@ -177,7 +195,7 @@ def extract_main_block(html: str, config: MainBlockConfig | None = None) -> Main
     index = {e: i for i, e in enumerate(elems)}
     parent = [-1] * n
     # flags: 1 = inside a link (inherited); the element itself: 2 = weak boilerplate hint or hidden,
-    # 4 = strong boilerplate hint, 8 = consent dialog, 16 = comment section
+    # 4 = strong boilerplate hint, 8 = consent dialog, 16 = comment section, 32 = teaser list (set below)
     flags = [0] * n
     for i in range(1, n):
         e = elems[i]
@@ -197,7 +215,7 @@ def extract_main_block(html: str, config: MainBlockConfig | None = None) -> Main
             cls = None  # a CMS taxonomy dump ("post category-news tag-newsletter ..."), not the box's role
         if cls or ident:
             f |= _hint(f"{cls or ''} {ident or ''}")
-        if e.get("hidden") is not None or ((st := e.get("style")) and _HIDDEN_STYLE.search(st)):
+        if (cls and _class_hides(cls)) or e.get("hidden") is not None or ((st := e.get("style")) and _style_hides(st)):
             f |= 2
         flags[i] = f
     cjk = bool(CJK_RE.search(html[len(html) // 3 : len(html) // 3 + 4000]))
@@ -239,6 +257,7 @@ def extract_main_block(html: str, config: MainBlockConfig | None = None) -> Main
             inl_link[p] += inl_link[i]
     # pass 2: raw subtree sums of good text, to size the hinted boxes
     raw = good[:]
+    own_headline = headline[:]
     nhead = [1 if h else 0 for h in headline]
     for i in range(n - 1, 0, -1):
         p = parent[i]
@@ -246,6 +265,25 @@ def extract_main_block(html: str, config: MainBlockConfig | None = None) -> Main
             raw[p] += raw[i]
         headline[p] += headline[i]
         nhead[p] += nhead[i]
+    # Teaser lists ("More stories", a query loop of other posts): at least ``teaser_min_headlines`` headline links, each
+    # with about one short summary paragraph (``_is_teaser_list``), are boilerplate whatever their class and size
+    # (flag 32); an article has far more text per link. Counted bottom-up without the teaser lists found below (so
+    # the article's box, which may hold one, is not one itself) and without link lists (headlines without
+    # summaries are link text already). A dated list is a related-coverage archive, left to the rule below. On a
+    # listing page, where teasers are all there is, the fallback without strong hints (mask 10) sees them again.
+    if cfg.teaser_lists:
+        t_good, t_head = good[:], [1 if h else 0 for h in own_headline]
+        t_paras = [1 if g else 0 for g in good]
+        for i in range(n - 1, 0, -1):
+            if not t_head[i] and not t_good[i]:
+                continue  # nothing to test or pass up (most elements)
+            if _is_teaser_list(t_good[i], t_head[i], t_paras[i], cfg) and not _dated(elems[i], t_head[i], cfg):
+                flags[i] |= 32
+            elif (t_good[i] or t_head[i] < cfg.min_headlines) and not flags[i] & 8:  # a link list is no teaser
+                p = parent[i]
+                t_good[p] += t_good[i]
+                t_head[p] += t_head[i]
+                t_paras[p] += t_paras[i]
     # pass 3: a hinted box without much long text is boilerplate as a whole. Comment boxes holding more long
     # text than the rest of the page are the content (a forum thread, a comments or Q&A page); when even the
     # strongly hinted boxes hold nearly all of it, only the weak hints count.
@@ -255,9 +293,9 @@ def extract_main_block(html: str, config: MainBlockConfig | None = None) -> Main
     # discussion).
     body_min = cfg.body_min_share * raw[0]
     has_body = any(f & 16 for f in flags) and any(raw[i] >= body_min and _is_body(elems[i]) for i in range(1, n))
-    sums = _subtree_sums(elems, parent, flags, own, raw, cfg, mask=30, has_body=has_body)
+    sums = _subtree_sums(elems, parent, flags, own, raw, cfg, mask=62, has_body=has_body)
     if sums[0][0] < cfg.min_uncommented_share * raw[0] and any(f & 16 for f in flags) and not has_body:
-        sums = _subtree_sums(elems, parent, flags, own, raw, cfg, mask=14)
+        sums = _subtree_sums(elems, parent, flags, own, raw, cfg, mask=46)
     if sums[0][0] < cfg.min_unhinted_share * raw[0]:
         sums = _subtree_sums(elems, parent, flags, own, raw, cfg, mask=10)
     good, bad, neu, kbad, kneu, dead = sums
@@ -302,7 +340,7 @@ def extract_main_block(html: str, config: MainBlockConfig | None = None) -> Main
                 continue  # share bars, ads, spacers
             if good[j] or nhead[j] < cfg.min_headlines or headline[j] < cfg.headline_share * (bad[j] + neu[j]):
                 break
-            if len(DATE_RE.findall("".join(elems[j].itertext()))) < cfg.dated_share * nhead[j]:
+            if not _dated(elems[j], nhead[j], cfg):
                 break
             chosen.append(j)
             lists.add(j)
@@ -348,7 +386,7 @@ def extract_main_block(html: str, config: MainBlockConfig | None = None) -> Main
                 or c not in lists
                 and not good[j]
                 and bad[j] > neu[j]
-                and (elems[j].tag in BLOCK_TAGS or flags[j] & 30)
+                and (elems[j].tag in BLOCK_TAGS or flags[j] & 62)
                 and not (elems[j].tag in _PARA_TAGS and inl_link[j] < _PARA_MAX_LINK_SHARE * inl[j])
             ):
                 skip.add(elems[j])
@@ -371,7 +409,7 @@ def _subtree_sums(elems, parent, flags, own, raw, cfg, mask: int, has_body: bool
     comment_max = raw[0] + 1 if has_body else strong_max
     for i in range(n - 1, 0, -1):
         f = flags[i] & mask
-        if f & 8 or f & 22 and raw[i] < (comment_max if f & 16 else strong_max if f & 4 else weak_max):
+        if f & 40 or f & 22 and raw[i] < (comment_max if f & 16 else strong_max if f & 4 else weak_max):
             bad[i] += good[i] + neu[i]
             kbad[i] = bad[i]
             good[i] = neu[i] = kneu[i] = 0.0
@@ -380,10 +418,25 @@ def _subtree_sums(elems, parent, flags, own, raw, cfg, mask: int, has_body: bool
         good[p] += good[i]
         bad[p] += bad[i]
         neu[p] += neu[i]
-        if good[i] or bad[i] <= neu[i] or not (f & 30 or elems[i].tag in BLOCK_TAGS):
+        if good[i] or bad[i] <= neu[i] or not (f & 62 or elems[i].tag in BLOCK_TAGS):
             kbad[p] += kbad[i]
             kneu[p] += kneu[i]
     return good, bad, neu, kbad, kneu, dead
+
+
+def _is_teaser_list(good: float, headlines: int, paragraphs: int, cfg: MainBlockConfig) -> bool:
+    """Headline links each with about one short summary paragraph: at least ``teaser_min_headlines`` of both, at most
+    ``teaser_paragraphs_per_headline`` paragraphs and ``teaser_good_per_headline`` good text per headline."""
+    return (
+        headlines >= cfg.teaser_min_headlines
+        and cfg.teaser_min_headlines <= paragraphs <= cfg.teaser_paragraphs_per_headline * headlines
+        and good < cfg.teaser_good_per_headline * headlines
+    )
+
+
+def _dated(e: etree._Element, headlines: int, cfg: MainBlockConfig) -> bool:
+    """Whether a box of ``headlines`` headline links carries a date for at least ``dated_share`` of them."""
+    return len(DATE_RE.findall("".join(e.itertext()))) >= cfg.dated_share * headlines
 
 
 def _unhinted(flags: list[int], parent: list[int], k: int, top: int) -> bool:

@@ -50,7 +50,7 @@ def data_dir() -> Path:
 
 def cjk_ratio(text: str) -> float:
     """Share of non-space characters that are CJK ideographs/kana."""
-    non_space = len(text) - sum(c.isspace() for c in text)
+    non_space = len("".join(text.split()))
     if non_space == 0:
         return 0.0
     return len(CJK_RE.findall(text)) / non_space

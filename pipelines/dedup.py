@@ -58,6 +58,7 @@ from operators.dedup import (
     choose_bands,
     decode_signatures,
     node_ids,
+    signature_algorithm,
     splitmix64,
 )
 from pipelines.ray_env import init_ray
@@ -140,7 +141,8 @@ class DedupConfig:
         return choose_bands(self.threshold, self.num_perm, self.false_positive_weight, self.false_negative_weight)
 
     def signature_params(self) -> dict[str, str]:
-        return {f"lake.dedup.{k}": str(getattr(self, k)) for k in PARAM_PROPS}
+        params = {f"lake.dedup.{k}": str(getattr(self, k)) for k in PARAM_PROPS}
+        return params | {"lake.dedup.minhash": signature_algorithm()}  # a new engine makes stored signatures stale
 
     def labeler_version(self) -> str:
         return ";".join(f"{k}={getattr(self, k)}" for k in LABEL_PARAMS)

@@ -37,6 +37,12 @@ Extraction F1 (shingle F1 of ``extraction.py`` against the gold text, pages of m
 - ``f1_survivors`` / ``peer_f1_survivors``: the same score over the gold pages in both final outputs.
 Each gold page counts once (a repeat with a varied URL has the same HTML, so the same text).
 
+Trafilatura version (``trafilatura_version_effect``): datatrove pins ``trafilatura<1.12`` (1.11 here) while we run
+2.x. The same extraction call (datatrove's ``Trafilatura`` settings: favour precision, no comments, deduplicate) runs
+in both venvs on the magic-html and cx-extractor gold pages, one process each, CPU time per page: F1 and pages/s per
+version, ``f1_delta`` (ours' version minus the peer's) and ``speed_ratio`` (ours' version / the peer's). It tells how
+much of the F1 and speed gap above is the version, not the pipeline.
+
 The last line printed is one JSON object: ``docs``, ``seconds``, ``docs_per_s``, ``peer_seconds``,
 ``peer_docs_per_s``, ``ratio`` (ours / peer docs/s), ``f1``, ``peer_f1``, ``stages`` (ours, per stage),
 ``peer_stages``, ``pages_source`` and details.
@@ -58,7 +64,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from extraction import shingle_f1  # noqa: E402
+from extraction import load_pages, shingle_f1  # noqa: E402
 from peer import BENCH_DIR, REPO, ensure_datatrove_venv, lid_setup_code, offline_env  # noqa: E402
 from warcgen import WarcSet, build_warcs  # noqa: E402
 
@@ -392,6 +398,48 @@ def main(argv: list[str] | None = None) -> dict:
             shutil.rmtree(work, ignore_errors=True)
 
 
+# The same extraction in both venvs: datatrove's ``Trafilatura`` step settings, on the gold pages, CPU time per page.
+TRAFILATURA_SCRIPT = """\
+import json, sys, time
+import trafilatura
+from trafilatura import extract
+pages = [json.loads(line) for line in open(sys.argv[1], encoding="utf-8")]
+texts, seconds = [], 0.0
+for page in pages:
+    t0 = time.process_time()
+    texts.append(extract(page["html"], favor_precision=True, include_comments=False, deduplicate=True) or "")
+    seconds += time.process_time() - t0
+print(json.dumps({"version": trafilatura.__version__, "seconds": seconds, "texts": texts}))
+"""
+
+
+def trafilatura_version_effect(peer_python: Path, work: Path) -> dict:
+    """F1 and speed of the peer's trafilatura (datatrove pins < 1.12) against ours (2.x), same settings (datatrove's
+    ``Trafilatura(favour_precision=True)``), same gold pages (magic-html and cx-extractor), one process each."""
+    pages = [p for name in ("magic-html", "cx-extractor") for p in load_pages(name)]
+    page_file, script = work / "gold_pages.jsonl", work / "trafilatura_version.py"
+    with open(page_file, "w", encoding="utf-8") as fh:
+        for page in pages:
+            fh.write(json.dumps({"html": page.html}, ensure_ascii=False) + "\n")
+    script.write_text(TRAFILATURA_SCRIPT)
+    out: dict = {"pages": len(pages), "settings": "favor_precision, no comments, deduplicate (datatrove's)"}
+    for side, python in (("ours", Path(sys.executable)), ("peer", peer_python)):
+        env = offline_env(python, work / "hf") if side == "peer" else None
+        result = subprocess.run([str(python), str(script), str(page_file)], capture_output=True, text=True, env=env)
+        if result.returncode != 0:
+            raise RuntimeError(f"trafilatura run ({side}) failed:\n{result.stderr[-2000:]}")
+        run = json.loads(result.stdout.strip().splitlines()[-1])
+        f1 = [shingle_f1(text, page.gold) for text, page in zip(run["texts"], pages, strict=True)]
+        out[side] = {
+            "trafilatura": run["version"],
+            "f1": round(sum(f1) / len(f1), 4),
+            "pages_per_s": round(len(pages) / run["seconds"], 1),
+        }
+    out["f1_delta"] = round(out["ours"]["f1"] - out["peer"]["f1"], 4)  # ours' version minus the peer's
+    out["speed_ratio"] = round(out["ours"]["pages_per_s"] / out["peer"]["pages_per_s"], 2)
+    return out
+
+
 def _run(args: argparse.Namespace, work: Path) -> dict:
     _section("input")
     t0 = time.perf_counter()
@@ -473,6 +521,10 @@ def _run(args: argparse.Namespace, work: Path) -> dict:
         "tasks": args.tasks,
         "cpus": os.cpu_count(),
     }
+    if python is not None:
+        _section("trafilatura versions: the peer's (datatrove pin) against ours, same settings and pages")
+        result["trafilatura_version_effect"] = trafilatura_version_effect(python, work)
+        print(json.dumps(result["trafilatura_version_effect"]))
     _print_table(result)
     print(json.dumps(result, ensure_ascii=False))
     return result

@@ -16,14 +16,24 @@ Corpora (all text read in place from ``../shared/data``)
   followed by an edited copy (random level 0.7-1.0): realistic unique text at any size.
 
 Speed
-- ``signatures_per_s``: ``operators.dedup.minhash_signatures`` over the scale corpus, one process, against the
-  per-document ``datasketch.MinHash.update`` loop people write by hand (same shingles as bytes): ``datasketch_ratio``.
+- ``signatures_per_s``: ``operators.dedup.minhash_signatures`` (text in, signatures out) on the real pages, per CPU
+  second (``time.process_time``, best of 3), one process, side by side with datasketch (one ``update`` per
+  shingle as people write it by hand, ``update_batch``, and ``MinHash.bulk``, its fastest path) and rensa
+  (``RMinHash.digest_matrix_from_token_sets``, its batch path), all with 128 permutations on 5-gram shingles of
+  the same tokens. The peers are handed n-grams: ``<peer>_per_s`` times their hashing alone, ``<peer>_e2e_per_s``
+  adds the n-gram building (``peer_ngram_seconds``, timed once, the same for every peer), which ours includes;
+  ``<peer>_e2e_ratio`` = ours / peer end to end.
 - ``docs_per_s``: ``pipelines.dedup.dedup_table`` end to end on the 4N table (read from Iceberg, signatures,
-  buckets, components, keepers, labels written as a new snapshot; Ray already started, as on a cluster), in a
-  fresh driver process whose peak RSS is ``driver_peak_rss_mb``; ``scaling_ratio`` = time(4N) / time(N).
+  buckets, components, keepers, labels written as a new snapshot), **Ray start-up included** (``init_ray`` in a
+  fresh driver process: ``ray_start_seconds``; ``docs_per_s_after_ray_start`` leaves it out), peak driver RSS
+  ``driver_peak_rss_mb``; ``scaling_ratio`` = time(4N) / time(N).
 - ``peer_docs_per_s``: datatrove 0.10.1 (own venv, ``tests/benchmarks/peer.py``) MinHash dedup (signature,
-  buckets, cluster, filter stages; LocalPipelineExecutor with one task per core; the same bands x rows, 5-gram
-  shingles, 64-bit hashes) on the same 4N documents, from JSONL; ``peer_ratio`` = ours / peer docs per second.
+  buckets, cluster, filter stages; LocalPipelineExecutor with one task per core, its start-up included; the same
+  bands x rows, 5-gram shingles, 64-bit hashes) on the same 4N documents, from JSONL; ``peer_ratio`` = ours / peer
+  docs per second. ``peer_process_seconds`` adds the interpreter start-up.
+- ``peer_recall`` / ``peer_precision``: datatrove on the planted set, scored like ours: its clusters
+  (``save_cluster_id`` / ``load_cluster_ids``, removed documents kept through an exclusion writer) as pairs
+  against the brute-force truth.
 """
 
 from __future__ import annotations
@@ -267,10 +277,12 @@ def main(work, bands, rows, tasks):
                                                              output_folder=str(work / "buckets"), config=cfg)],
                                tasks=cfg.num_buckets, workers=tasks, logging_dir=logs + "/s2", depends=s1)
     s3 = LocalPipelineExecutor(pipeline=[MinhashDedupCluster(input_folder=str(work / "buckets"),
-                                                             output_folder=str(work / "remove"), config=cfg)],
+                                                             output_folder=str(work / "remove"), config=cfg,
+                                                             save_cluster_id=True)],
                                tasks=1, logging_dir=logs + "/s3", depends=s2)
     s4 = LocalPipelineExecutor(pipeline=[JsonlReader(str(work / "input")),
-                                         MinhashDedupFilter(input_folder=str(work / "remove")),
+                                         MinhashDedupFilter(input_folder=str(work / "remove"), load_cluster_ids=True,
+                                                            exclusion_writer=JsonlWriter(str(work / "removed"))),
                                          JsonlWriter(str(work / "output"))],
                                tasks=tasks, workers=tasks, logging_dir=logs + "/s4", depends=s3)
     s4.run()
@@ -284,7 +296,8 @@ if __name__ == "__main__":
 
 
 def run_peer(docs: list[dict], work: Path, bands: int, rows: int, tasks: int = 2) -> dict:
-    """datatrove's four MinHash stages on ``docs`` (JSONL, ``tasks`` files); returns its seconds and kept count."""
+    """datatrove's four MinHash stages on ``docs`` (JSONL, ``tasks`` files); returns its seconds (interpreter and
+    executor start-up included, as ours includes Ray's), kept count and a cluster label per document."""
     from peer import ensure_datatrove_venv, offline_env
 
     python = ensure_datatrove_venv()
@@ -295,6 +308,7 @@ def run_peer(docs: list[dict], work: Path, bands: int, rows: int, tasks: int = 2
                 fh.write(json.dumps({"id": str(i), "text": docs[i]["text"]}, ensure_ascii=False) + "\n")
     script = work / "peer_minhash.py"
     script.write_text(PEER_SCRIPT)
+    t0 = time.perf_counter()
     result = subprocess.run(
         [str(python), str(script), str(work), str(bands), str(rows), str(tasks)],
         capture_output=True,
@@ -303,14 +317,34 @@ def run_peer(docs: list[dict], work: Path, bands: int, rows: int, tasks: int = 2
         cwd=work,
         timeout=3600,
     )
+    seconds = time.perf_counter() - t0
     if result.returncode != 0:
         raise RuntimeError(f"datatrove failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    return out | {"process_seconds": seconds, "labels": read_peer_labels(work, len(docs))}
+
+
+def read_peer_labels(work: Path, n: int) -> list[str]:
+    """A cluster label per document from datatrove's kept and removed JSONL (``minhash_cluster_id``; -1 or no id:
+    a document of its own)."""
+    import gzip
+
+    labels = [f"own-{i}" for i in range(n)]
+    for folder in ("output", "removed"):
+        for path in (work / folder).glob("*.jsonl*"):
+            opener = gzip.open if path.suffix == ".gz" else open
+            with opener(path, "rt", encoding="utf-8") as fh:
+                for line in fh:
+                    doc = json.loads(line)
+                    cluster = doc.get("metadata", {}).get("minhash_cluster_id", -1)
+                    if cluster is not None and cluster >= 0:
+                        labels[int(doc["id"])] = f"c{cluster}"
+    return labels
 
 
 # ---- our runs (a fresh driver process each) -----------------------------------------------------------------
 def worker(home: str, table: str) -> None:
-    """``--worker``: start Ray, then time ``dedup_table`` alone; print its report, seconds and peak RSS."""
+    """``--worker``: time Ray's start-up and ``dedup_table``; print its report, both times and peak RSS."""
     os.environ.update(LAKE_HOME=home, RAY_AUTH_MODE="disabled", MLFLOW_DISABLE_TELEMETRY="true", LAKE_PROGRESS="0")
     from catalog.store import Lakehouse
     from lake.config import load_config
@@ -319,12 +353,14 @@ def worker(home: str, table: str) -> None:
 
     cfg = load_config()
     lake = Lakehouse.from_config(cfg)
-    init_ray(cfg)
     t0 = time.perf_counter()
+    init_ray(cfg)
+    ray_start = time.perf_counter() - t0
     report = dedup_table(lake, cfg, table, DedupConfig(), progress=False)
     seconds = time.perf_counter() - t0
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "driver_peak_rss_mb": rss_mb, "report": report.as_dict()}))
+    out = {"seconds": seconds, "ray_start_seconds": ray_start, "driver_peak_rss_mb": rss_mb}
+    print(json.dumps(out | {"report": report.as_dict()}))
 
 
 def run_ours(home: Path, table: str) -> dict:
@@ -364,40 +400,74 @@ def read_labels(home: Path, table: str, n: int) -> list[str]:
     return out
 
 
-# ---- signatures/s against datasketch --------------------------------------------------------------------------
-def signature_speed(texts: list[str], sample: int = 600, seed: int = 3) -> dict:
-    from datasketch import MinHash
+# ---- signatures/s against datasketch and rensa -------------------------------------------------------------
+def peer_ngrams(texts: list[str]) -> list[list[bytes]]:
+    """The peers' input: the same tokens as ours (normalised text, CJK characters alone) joined into 5-grams."""
+    from operators.dedup import normalize_text
 
-    from operators.dedup import minhash_signatures, normalize_text
-
-    minhash_signatures(texts[:10])  # tables built once per process, as in a Ray worker
-    t0 = time.perf_counter()
-    for i in range(0, len(texts), 512):
-        minhash_signatures(texts[i : i + 512])
-    ours_all = len(texts) / (time.perf_counter() - t0)
-
-    picked = random.Random(seed).sample(texts, min(sample, len(texts)))
-    t0 = time.perf_counter()
-    for i in range(0, len(picked), 512):
-        minhash_signatures(picked[i : i + 512])
-    ours = len(picked) / (time.perf_counter() - t0)
-    # what people write by hand: their own n-grams (not timed), then one MinHash.update per shingle
     grams = []
-    for text in picked:
+    for text in texts:
         tokens = _TOKEN_RE.findall(normalize_text(text))
         grams.append([" ".join(tokens[i : i + NGRAM]).encode() for i in range(max(1, len(tokens) - NGRAM + 1))])
-    t0 = time.perf_counter()
-    for doc in grams:
-        m = MinHash(num_perm=128, seed=1)
-        for g in doc:
-            m.update(g)
-    theirs = len(picked) / (time.perf_counter() - t0)
-    return {
-        "signatures_per_s": round(ours_all, 1),
-        "signatures_per_s_sample": round(ours, 1),
-        "datasketch_per_s": round(theirs, 1),
-        "datasketch_ratio": round(ours / theirs, 2),
+    return grams
+
+
+def _cpu_seconds(fn, repeat: int = 3) -> float:
+    """Best of ``repeat`` process-time runs (other work on a shared machine only ever slows a run down)."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.process_time()
+        fn()
+        best = min(best, time.process_time() - t0)
+    return best
+
+
+def signature_speed(texts: list[str], num_perm: int = 128) -> dict:
+    """Signatures per CPU second, side by side on the same texts: ours (text in, signatures out) against
+    datasketch (one ``update`` per shingle, ``update_batch``, and ``MinHash.bulk``, its fastest path) and rensa
+    (``RMinHash.digest_matrix_from_token_sets``, its batch path). The peers hash n-grams they are given; building
+    those (same tokens as ours) is timed separately, so each peer has a hashing-only rate and an end-to-end rate."""
+    import rensa
+    from datasketch import MinHash
+
+    from operators.dedup import minhash_signatures
+
+    minhash_signatures(texts[:10])  # tables built once per process, as in a Ray worker
+    n = len(texts)
+    ngram_s = _cpu_seconds(lambda: peer_ngrams(texts))
+    grams = peer_ngrams(texts)
+
+    def datasketch_update() -> None:
+        for doc in grams:
+            m = MinHash(num_perm=num_perm, seed=1)
+            for g in doc:
+                m.update(g)
+
+    def datasketch_update_batch() -> None:
+        for doc in grams:
+            MinHash(num_perm=num_perm, seed=1).update_batch(doc)
+
+    peers = {
+        "datasketch_update": datasketch_update,
+        "datasketch_update_batch": datasketch_update_batch,
+        "datasketch_bulk": lambda: MinHash.bulk(grams, num_perm=num_perm, seed=1),
+        "rensa": lambda: rensa.RMinHash.digest_matrix_from_token_sets(grams, num_perm, 1),
     }
+    ours_s = _cpu_seconds(lambda: [minhash_signatures(texts[i : i + 512]) for i in range(0, n, 512)])
+    out = {"signature_docs": n, "signatures_per_s": round(n / ours_s, 1), "peer_ngram_seconds": round(ngram_s, 3)}
+    for name, fn in peers.items():
+        seconds = _cpu_seconds(fn, repeat=1 if name == "datasketch_update" else 3)
+        out[f"{name}_per_s"] = round(n / seconds, 1)  # n-grams given
+        out[f"{name}_e2e_per_s"] = round(n / (seconds + ngram_s), 1)  # n-grams built too, as ours does
+        out[f"{name}_e2e_ratio"] = round((seconds + ngram_s) / ours_s, 2)  # ours / peer, end to end
+    out["rensa_version"] = rensa_version()
+    return out
+
+
+def rensa_version() -> str:
+    from importlib.metadata import version
+
+    return version("rensa")
 
 
 # ---- main ---------------------------------------------------------------------------------------------------
@@ -454,6 +524,19 @@ def main() -> None:
         "planted_j_range": [round(min(planted_j), 3), round(max(planted_j), 3)],
     }
     print(f"[dedup] planted: recall {recall:.4f} precision {precision:.4f} ({len(truth)} true pairs)", file=sys.stderr)
+    if not args.skip_peer:  # the peer on the same planted set, scored the same way
+        peer_planted = run_peer(
+            planted, work / "peer-planted", planted_run["report"]["bands"], planted_run["report"]["rows"]
+        )
+        peer_found = cluster_pairs(peer_planted["labels"])
+        peer_recall, peer_precision = recall_precision(peer_found, truth)
+        out |= {
+            "peer_recall": round(peer_recall, 4),
+            "peer_precision": round(peer_precision, 4),
+            "peer_found_pairs": len(peer_found),
+            "peer_planted_kept": peer_planted["kept"],
+            "ours_planted_kept": len(planted) - planted_run["report"]["duplicates"],
+        }
 
     # the real pages as they are
     import_docs(home, "bench.real", pages, work)
@@ -475,7 +558,7 @@ def main() -> None:
     small, large = scale_corpus(pages, args.scale), scale_corpus(pages, 4 * args.scale, seed=12)
     import_docs(home, "bench.small", small, work)
     import_docs(home, "bench.large", large, work)
-    out |= signature_speed([d["text"] for d in large])
+    out |= signature_speed([p["text"] for p in pages])
     run_n = run_ours(home, "bench.small")
     run_4n = run_ours(home, "bench.large")
     out |= {
@@ -483,6 +566,8 @@ def main() -> None:
         "seconds": round(run_4n["seconds"], 2),
         "seconds_n": round(run_n["seconds"], 2),
         "docs_per_s": round(len(large) / run_4n["seconds"], 1),
+        "ray_start_seconds": round(run_4n["ray_start_seconds"], 2),
+        "docs_per_s_after_ray_start": round(len(large) / (run_4n["seconds"] - run_4n["ray_start_seconds"]), 1),
         "scaling_ratio": round(run_4n["seconds"] / run_n["seconds"], 3),
         "driver_peak_rss_mb": round(run_4n["driver_peak_rss_mb"], 1),
         "driver_peak_rss_mb_n": round(run_n["driver_peak_rss_mb"], 1),
@@ -496,6 +581,7 @@ def main() -> None:
         out |= {
             "peer_docs_per_s": round(len(large) / peer["seconds"], 1),
             "peer_seconds": round(peer["seconds"], 2),
+            "peer_process_seconds": round(peer["process_seconds"], 2),
             "peer_kept": peer["kept"],
             "ours_kept": len(large) - out["large_duplicates"],
         }

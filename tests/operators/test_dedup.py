@@ -12,6 +12,7 @@ import pytest
 from benchmarks import dedup as bench  # tests/ is on pytest's pythonpath
 
 from operators.dedup import (
+    MINHASH_ENGINES,
     MinHashSignature,
     band_hashes,
     candidate_probability,
@@ -22,6 +23,7 @@ from operators.dedup import (
     normalize_url,
     shingle_hashes,
     shingle_set,
+    signature_algorithm,
     signature_similarity,
     text_hashes,
     token_hashes,
@@ -93,21 +95,23 @@ def test_short_texts_get_one_shingle_and_empty_texts_none():
     assert list(counts) == [2, 0, 6]
 
 
-def test_signatures_do_not_depend_on_batch_composition(zh_pages, en_pages):
+@pytest.mark.parametrize("engine", MINHASH_ENGINES)
+def test_signatures_do_not_depend_on_batch_composition(zh_pages, en_pages, engine):
     texts = [en_pages[0], "", zh_pages[0], en_pages[1] * 30]  # the last one spans many chunks
-    together, sh, _ = minhash_signatures(texts, chunk_shingles=512)
+    together, sh, _ = minhash_signatures(texts, chunk_shingles=512, engine=engine)
     for i, text in enumerate(texts):
-        alone, _, _ = minhash_signatures([text])
+        alone, _, _ = minhash_signatures([text], engine=engine)
         assert np.array_equal(together[i], alone[0])
     assert sh[1] == 0 and (together[1] == 0xFFFFFFFF).all()
 
 
-def test_signature_similarity_estimates_jaccard_on_planted_pairs(zh_pages, en_pages):
+@pytest.mark.parametrize("engine", MINHASH_ENGINES)
+def test_signature_similarity_estimates_jaccard_on_planted_pairs(zh_pages, en_pages, engine):
     errors = []
     for n, text in enumerate(zh_pages[:4] + en_pages[:4]):
         for level in (0.95, 0.85, 0.7, 0.5):
             copy, truth = bench.plant(text, level, seed=n)
-            sigs, _, _ = minhash_signatures([text, copy], num_perm=256)
+            sigs, _, _ = minhash_signatures([text, copy], num_perm=256, engine=engine)
             errors.append(signature_similarity(sigs[0], sigs[1]) - truth)
     errors = np.array(errors)
     assert np.abs(errors).max() < 0.12  # ~4 standard deviations at 256 permutations
@@ -161,3 +165,21 @@ def test_operator_adds_signature_columns(zh_pages):
     assert decode_signatures(out["dup_sig"].slice(1, 2), 64).shape == (2, 64)
     with pytest.raises(ValueError, match="needs columns"):
         MinHashSignature()(pa.table({"doc_id": ["a"]}))
+
+
+def test_signatures_are_seeded_and_named_by_engine():
+    """The same text and seed give the same signature in any process and release (pinned values: a rensa release
+    that changes them must change its ALGORITHM_VERSION too); another seed or engine gives other values, and
+    ``signature_algorithm`` names the engine so stored signatures can be told apart."""
+    text = "The council approved the budget after a long debate about schools, roads and the new library."
+    first, _, _ = minhash_signatures([text], num_perm=16)
+    other_seed, _, _ = minhash_signatures([text], num_perm=16, seed=7)
+    numpy_engine, _, _ = minhash_signatures([text], num_perm=16, engine="numpy")
+    assert first[0, :4].tolist() == [1002514469, 1876496622, 124645329, 1514732798]
+    assert not np.array_equal(first, other_seed) and not np.array_equal(first, numpy_engine)
+    assert signature_algorithm("rensa").startswith("rensa-") and signature_algorithm("numpy") != signature_algorithm()
+    with pytest.raises(ValueError):
+        minhash_signatures(["text"], engine="magic")
+    with pytest.raises(ValueError):
+        MinHashSignature(engine="magic")
+

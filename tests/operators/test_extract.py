@@ -165,3 +165,33 @@ def test_nesting_below_the_limit_still_extracts():
     from malformed_warcs import deep_html_page
 
     assert "deep" in ExtractMainText().extract_one(deep_html_page(200).decode())[0]
+
+
+def _teasers(count: int) -> str:
+    return "".join(
+        f"<div class='card'><h3><a href='/story/{i}'>Another headline about story number {i} in the city</a></h3>"
+        f"<p>A short summary of story {i}, one sentence long, that invites the reader to click through to it.</p>"
+        "</div>"
+        for i in range(count)
+    )
+
+
+def test_teaser_list_after_the_article_is_dropped_but_a_listing_page_keeps_its_teasers():
+    para = "The council approved the budget after a long debate about schools, roads and the new library. "
+    article = "".join(f"<p>{para * 2}Paragraph {i}.</p>" for i in range(6))
+    page = f"<html><body><div class='wrap'><article>{article}</article><div>{_teasers(6)}</div></div></body></html>"
+    text = ExtractMainText(method="mainblock").extract_one(page)[0]
+    assert "Paragraph 5." in text and "short summary" not in text
+    with_teasers = ExtractMainText(method="mainblock", teaser_lists=False).extract_one(page)[0]
+    assert "short summary of story 3" in with_teasers  # the rule, not something else, removed them
+    listing = f"<html><body><div class='wrap'>{_teasers(8)}</div></body></html>"
+    assert "short summary of story 7" in ExtractMainText(method="mainblock").extract_one(listing)[0]
+
+
+def test_vectorised_depth_bound_is_never_below_the_tag_scan(magic_pages):
+    from malformed_warcs import deep_html_page
+
+    from operators.htmldepth import bracket_depth_bound, tag_depth_bound
+
+    for html in [p[0] for p in magic_pages] + [deep_html_page(300).decode(), "<p>a < b</p></div></div><div>"]:
+        assert bracket_depth_bound(html) >= tag_depth_bound(html)
