@@ -5,7 +5,7 @@ LAKE    := $(VENV)/bin/lake
 STAMP   := $(VENV)/.installed
 DATA    ?= $(abspath ../shared/data)
 DEMO    ?= .demo
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=25
 
 export LAKE_DATA_DIR ?= $(DATA)
 export MLFLOW_DISABLE_TELEMETRY := true

@@ -55,7 +55,9 @@ def lab(tmp_path_factory):
         "--sample-chars", "300000")  # fmt: skip
     (root / "ref.yaml").write_text(yaml.safe_dump(REF_JOB))
     run("train", "pretrain", str(root / "ref.yaml"))
-    saved = {k: os.environ.get(k) for k in env}
+    saved = {k: os.environ.get(k) for k in (*env, *LEAKY_ENV)}
+    for key in LEAKY_ENV:  # earlier tests' in-process MLflow calls leave MLFLOW_TRACKING_URI set
+        os.environ.pop(key, None)
     os.environ.update(env)  # the library calls below run in this process, against the same lake
     from catalog.store import Lakehouse
     from lake.config import load_config
@@ -166,11 +168,13 @@ def test_a_new_snapshot_labels_only_its_new_documents(lab):
     from training.quality import label_quality
 
     lake, cfg = lab["lake"], lab["cfg"]
-    first = label_quality(cfg, "text.corpus", "models:/quality/1", progress=False)
-    assert first.labelled == lake.count("text.corpus")
+    first = label_quality(cfg, "text.corpus", "models:/quality/1", progress=False, executor="local")
+    assert first.labelled == lake.count("text.corpus") and first.executor == "local"
     lab["run"]("import", "text", str(DATA_DIR / WEB_TEXT), "--table", "text.corpus")  # a new crawl batch
-    second = label_quality(cfg, "text.corpus", "models:/quality/1", progress=False)
+    # the new batch on the Ray actor pool: the same operator, the same store
+    second = label_quality(cfg, "text.corpus", "models:/quality/1", progress=False, executor="ray")
     assert second.labelled == 300 and second.already_labelled == first.labelled and not second.replaced
+    assert second.executor == "ray"
     table = attribute_table("text.corpus", "quality")
     ids = lake.read(table, columns=("doc_id",))["doc_id"].to_pylist()
     assert len(ids) == len(set(ids)) == lake.count("text.corpus")

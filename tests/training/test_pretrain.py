@@ -259,4 +259,9 @@ def test_example_config_from_lake_init_is_valid(tmp_path):
 
     assert run_lake("init", str(tmp_path / "demo"), cwd=REPO).returncode == 0
     job = load_yaml(tmp_path / "demo" / "train" / "pretrain.yaml")
-    assert job.data.table == "web.documents" and job.tokenizer.startswith("models:/")
+    assert job.data.mix == "web-mix" and job.tokenizer.startswith("models:/")
+    reference = load_yaml(tmp_path / "demo" / "train" / "reference.yaml")
+    assert reference.data.table == "text.corpus" and reference.name != job.name
+    from training.mix import load_spec
+
+    assert load_spec(tmp_path / "demo" / "train" / "mix.yaml").name == job.data.mix
