@@ -87,7 +87,7 @@ class PerplexityScore(Operator):
         self,
         model_files: dict[str, bytes],
         max_tokens: int = 1024,
-        batch_tokens: int = 8192,
+        batch_tokens: int = 2048,  # measured on 2 CPU cores: 8192 is 20% slower (bigger logits, worse cache use)
         torch_threads: int = 0,  # 0: as the process has (Ray gives an actor of 1 CPU one thread; local: all)
         num_gpus: float = 0.0,
     ) -> None:

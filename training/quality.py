@@ -248,7 +248,7 @@ def label_ppl(
     model_uri: str,
     *,
     max_tokens: int = 1024,
-    batch_tokens: int = 8192,
+    batch_tokens: int = 2048,
     progress: bool = True,
     num_actors: int | None = None,
     executor: str = "auto",

@@ -43,7 +43,7 @@ def _emit(report, fmt: str) -> None:
     "--max-tokens", "max_tokens", type=int, default=1024, show_default=True, help="Tokens scored per document."
 )
 @click.option(
-    "--batch-tokens", "batch_tokens", type=int, default=8192, show_default=True, help="Padded tokens per forward."
+    "--batch-tokens", "batch_tokens", type=int, default=2048, show_default=True, help="Padded tokens per forward."
 )
 @EXECUTOR
 @FORMAT
