@@ -48,7 +48,10 @@ demo: $(STAMP)
 	$(LAKE) --config $(DEMO)/lake.toml train reward $(DEMO)/train/reward.yaml
 	$(LAKE) --config $(DEMO)/lake.toml eval models:/tiny-rm/1 --suite pairs --pairs-table pref.pairs \
 		--where "input_uri LIKE '%helpful%'"
-	$(LAKE) --config $(DEMO)/lake.toml lineage models:/tiny-rm/1
+	$(LAKE) --config $(DEMO)/lake.toml train bon $(DEMO)/train/bon.yaml
+	$(LAKE) --config $(DEMO)/lake.toml train dpo $(DEMO)/train/dpo.yaml
+	$(LAKE) --config $(DEMO)/lake.toml train ppo $(DEMO)/train/ppo.yaml
+	$(LAKE) --config $(DEMO)/lake.toml lineage models:/tiny-ppo/1
 	$(LAKE) --config $(DEMO)/lake.toml models
 	$(LAKE) --config $(DEMO)/lake.toml catalog tables
 	$(LAKE) --config $(DEMO)/lake.toml query "SELECT lang, count(*) AS docs, sum(CASE WHEN gopher_reason IS NULL THEN 1 ELSE 0 END) AS gopher_ok FROM web.documents GROUP BY lang ORDER BY docs DESC"

@@ -47,7 +47,8 @@ TAG_ROUND = "lake.bon.round"
 @dataclass
 class BestOfNResult:
     name: str
-    rounds: list[dict]  # per round: policy sampled, mean score of its samples and of the kept set, the SFT model
+    rounds: list[dict]  # per round: the policy sampled, the mean score of all its samples, of each prompt's best
+    # of n and of the kept set (best of all rounds), and the model fine-tuned on the kept set
     table: str
     seconds: float
 
@@ -88,10 +89,11 @@ def run_best_of_n(cfg: LakeConfig, job: BestOfNConfig, progress: bool = True) ->
     policy, rounds, kept = base_ref.uri, [], {}
     for round_no in range(1, job.rounds + 1):
         rows = round_rows(lake, job.table, run_key, round_no)
-        sampled_mean = None
+        policy_mean = best_mean = None
         if rows is None:
             samples = sample_and_score(cfg, job, policy, template, reward_model, prompts, round_no)
-            sampled_mean = sum(s["score"] for s in samples) / len(samples)
+            policy_mean = sum(s["mean_of_n"] for s in samples) / len(samples)
+            best_mean = sum(s["score"] for s in samples) / len(samples)
             for sample in samples:
                 if sample["id"] not in kept or sample["score"] > kept[sample["id"]]["score"]:
                     kept[sample["id"]] = sample
@@ -104,7 +106,8 @@ def run_best_of_n(cfg: LakeConfig, job: BestOfNConfig, progress: bool = True) ->
                         optim=job.optim, scaling=job.scaling).validate()  # fmt: skip
         result = run_stage(cfg, sft, "sft", progress,
                            tags={registry.TAG_REWARD_MODEL: rm_ref.uri, TAG_ROUND: str(round_no)})  # fmt: skip
-        rounds.append({"round": round_no, "policy": policy, "sampled_mean_score": sampled_mean,
+        rounds.append({"round": round_no, "policy": policy, "policy_mean_score": policy_mean,
+                       "best_of_n_mean_score": best_mean,
                        "kept_mean_score": sum(r["score"] for r in rows) / len(rows), "model_uri": result.model_uri,
                        "sft_held_out_loss": result.after.get("val/loss")})  # fmt: skip
         policy = result.model_uri
