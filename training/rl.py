@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -310,12 +311,27 @@ def sequence_kl(logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor
     return ((logps - ref_logps) * mask).sum(-1)
 
 
+def timed_sample(ctx, policy: nn.Module, prompts: list[list[int]], index: int) -> tuple[Generated, dict[str, float]]:
+    """Sample a rollout; its timing figures (generation seconds, tokens) go to the rollout's metrics."""
+    started = time.perf_counter()
+    generated = sample(policy, prompts, ctx.job.sampling, ctx.special["eos"], ctx.special["pad"],
+                       sampler_seed(ctx, index))  # fmt: skip
+    tokens = float(generated.completion_mask.sum())
+    return generated, {"rl/generate_s": time.perf_counter() - started, "rl/rollout_tokens": tokens,
+                       "rl/started": started}  # fmt: skip
+
+
+def finish_timing(timing: dict[str, float]) -> dict[str, float]:
+    """The rollout's wall time (sampling plus scoring by the policy, reference, critic and reward model)."""
+    started = timing.pop("rl/started")
+    return timing | {"rl/rollout_s": time.perf_counter() - started}
+
+
 @torch.no_grad()
 def ppo_rollout(ctx, index: int) -> Experience:
     job, model = ctx.job, ctx.model
     prompts = rollout_prompts(ctx, index)
-    generated = sample(model.actor, prompts, job.sampling, ctx.special["eos"], ctx.special["pad"],
-                       sampler_seed(ctx, index))  # fmt: skip
+    generated, timing = timed_sample(ctx, model.actor, prompts, index)
     mask = generated.completion_mask
     old_logps = completion_logps(model.actor, generated)
     ref_logps = completion_logps(ctx.extras["reference"], generated)
@@ -328,7 +344,7 @@ def ppo_rollout(ctx, index: int) -> Experience:
     ctx.state["kl_coef"] = ctx.extras["kl"].update(seq_kl, len(prompts))
     settings = {"clip": job.clip, "value_clip": job.value_clip, "vf_coef": job.vf_coef, "ptx_coef": job.ptx.coef}
     rollout = {"rl/reward": float(scores.mean()), "rl/kl": seq_kl, "rl/kl_coef": kl_coef,
-               "rl/response_len": float(mask.sum(-1).float().mean())}  # fmt: skip
+               "rl/response_len": float(mask.sum(-1).float().mean())} | finish_timing(timing)  # fmt: skip
     return Experience(generated, old_logps, ref_logps, masked_whiten(advantages, mask), values, returns,
                       settings=settings, rollout=rollout)  # fmt: skip
 
@@ -337,7 +353,7 @@ def ppo_rollout(ctx, index: int) -> Experience:
 def grpo_rollout(ctx, index: int) -> Experience:
     job, policy = ctx.job, ctx.model
     prompts = [p for p in rollout_prompts(ctx, index) for _ in range(job.group_size)]
-    generated = sample(policy, prompts, job.sampling, ctx.special["eos"], ctx.special["pad"], sampler_seed(ctx, index))
+    generated, timing = timed_sample(ctx, policy, prompts, index)
     mask = generated.completion_mask
     old_logps = completion_logps(policy, generated)
     ref_logps = completion_logps(ctx.extras["reference"], generated)
@@ -346,7 +362,7 @@ def grpo_rollout(ctx, index: int) -> Experience:
     grouped = scores.view(-1, job.group_size)
     rollout = {"rl/reward": float(scores.mean()), "rl/reward_group_std": float(grouped.std(-1).mean()),
                "rl/kl": float(sequence_kl(old_logps, ref_logps, mask).mean()),
-               "rl/response_len": float(mask.sum(-1).float().mean())}  # fmt: skip
+               "rl/response_len": float(mask.sum(-1).float().mean())} | finish_timing(timing)  # fmt: skip
     settings = {"clip": job.clip, "beta": job.beta}
     return Experience(generated, old_logps, ref_logps, advantages, settings=settings, rollout=rollout)
 
