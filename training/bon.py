@@ -3,9 +3,10 @@
 Each round samples ``n`` answers per prompt from the current policy, scores them with a registered reward model
 and keeps each prompt's best answer, or the best kept in an earlier round when that scored higher (so the kept
 set only improves: Llama 2 keeps the best samples of all rounds). The kept samples are one append to a catalog
-table (``prompt_id``, ``messages`` = prompt + answer, ``answer``, ``score``, ``round``, ``sampled_round``,
-``policy``, ``reward_model``, ``run_key``), then the policy is fine-tuned on them with the SFT stage (registered
-as ``NAME`` version per round, with the reward model and the round as tags), and the next round samples from it.
+table (``example_id`` = the prompt's id, ``prompt``, ``messages`` = prompt + answer, ``answer``, ``score``,
+``round``, ``sampled_round``, ``policy``, ``reward_model``, ``run_key``), then the policy is fine-tuned on them
+with the SFT stage (registered as ``NAME`` version per round, with the reward model and the round as tags), and
+the next round samples from it.
 
 A re-run finds each round's rows (by run key and round) and each round's finished SFT run, so it samples and
 registers nothing again; an interrupted run continues with the first unfinished round. Sampling runs on the
@@ -32,6 +33,7 @@ from training.data import resolve_source, row_hash
 KIND = "best_of_n"
 SCHEMA = pa.schema([
     pa.field("example_id", pa.string()),  # the prompt's id (one kept answer per prompt and round)
+    pa.field("prompt", pa.list_(MESSAGE)),  # the conversation the answer continues
     pa.field("messages", pa.list_(MESSAGE)),  # the prompt then the kept answer: what SFT reads
     pa.field("answer", pa.string()),
     pa.field("score", pa.float64()),
@@ -85,7 +87,10 @@ def run_best_of_n(cfg: LakeConfig, job: BestOfNConfig, progress: bool = True) ->
         raise UsageError(f"{d.table}: no prompt fits seq_len {job.seq_len} with max_new_tokens to spare")
     messages = prompt_conversations(lake, source, {p["id"] for p in prompts})
     run_key = f"{job.name}-{job.digest()}-{registry.short_digest(f'{source.snapshot_id}{base_ref.uri}{rm_ref.uri}')}"
-    ensure_side_table(lake, job.table, SCHEMA, KIND, {})
+    table = ensure_side_table(lake, job.table, SCHEMA, KIND, {})
+    missing = [f for f in SCHEMA if f.name not in table.schema().column_names]
+    if missing:  # a table written by an older version: evolve it
+        lake.add_columns(job.table, missing)
     policy, rounds, kept = base_ref.uri, [], {}
     for round_no in range(1, job.rounds + 1):
         rows = round_rows(lake, job.table, run_key, round_no)
@@ -169,6 +174,7 @@ def write_round(lake: Lakehouse, table: str, rows: list[dict], messages: dict, r
     """One append: the round's kept set, each answer as the assistant turn after its prompt."""
     data = {
         "example_id": [r["id"] for r in rows],
+        "prompt": [messages[r["id"]] for r in rows],
         "messages": [messages[r["id"]] + [{"role": "assistant", "content": r["answer"]}] for r in rows],
         "answer": [r["answer"] for r in rows],
         "score": [r["score"] for r in rows],
@@ -178,5 +184,7 @@ def write_round(lake: Lakehouse, table: str, rows: list[dict], messages: dict, r
         "reward_model": [rm_uri] * len(rows),
         "run_key": [run_key] * len(rows),
     }
-    lake.table(table).append(pa.Table.from_pydict(data, schema=SCHEMA),
-                             snapshot_properties={"lake.run_key": run_key, TAG_ROUND: str(round_no)})  # fmt: skip
+    iceberg = lake.table(table)
+    target = iceberg.schema().as_arrow()  # column order of the table (an evolved one lists new columns last)
+    rows_table = pa.Table.from_pydict(data, schema=SCHEMA).select(target.names).cast(target)
+    iceberg.append(rows_table, snapshot_properties={"lake.run_key": run_key, TAG_ROUND: str(round_no)})

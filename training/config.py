@@ -342,7 +342,8 @@ class PtxConfig:
     text_column: str = "text"
     coef: float = 0.0  # γ; 0 measures held-out perplexity without training on the text
     batch_size: int = 4  # pretraining rows per PPO minibatch
-    max_chunks: int = 512  # training chunks read at most (held-out chunks: a 5% hash split of the documents)
+    max_chunks: int = 512  # training chunks read at most
+    val_chunks: int = 64  # held-out chunks (from the documents of a 5% hash split) for the perplexity check
 
 
 @dataclass(kw_only=True)

@@ -186,7 +186,7 @@ def prepare_rl(cfg, lake, job, template, base_ref):
         ptx_source = resolve_source(lake, p.table, where=p.where, as_of=p.as_of, text_column=p.text_column)
         sources.append(ptx_source)
         plan["ptx_train"] = text_chunks(lake, ptx_source, template.tok, job.seq_len, False, p.max_chunks)
-        plan["ptx_val"] = text_chunks(lake, ptx_source, template.tok, job.seq_len, True, 64)
+        plan["ptx_val"] = text_chunks(lake, ptx_source, template.tok, job.seq_len, True, p.val_chunks)
     tags = {registry.TAG_REWARD_MODEL: rm_ref.uri, registry.TAG_REFERENCE: reference}
     return Prepared(train, val, skipped, sources, plan=plan, tags=tags)
 
