@@ -265,3 +265,9 @@ def test_example_config_from_lake_init_is_valid(tmp_path):
     from training.mix import load_spec
 
     assert load_spec(tmp_path / "demo" / "train" / "mix.yaml").name == job.data.mix
+    from training.config import BestOfNConfig
+    from training.stages import STAGES
+
+    for stage in ("sft", "reward", "dpo", "ppo"):  # every key of the post-training examples is known and valid
+        assert load_yaml(tmp_path / "demo" / "train" / f"{stage}.yaml", STAGES[stage].config).name
+    assert load_yaml(tmp_path / "demo" / "train" / "bon.yaml", BestOfNConfig).rounds >= 2
