@@ -30,7 +30,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -369,12 +369,13 @@ def score_mc(model, model_cfg, tokenizer, items: dict[str, list[dict]], shots: d
 
 
 # ---- judge -------------------------------------------------------------------------------------------------------
-def chat_template_of(lm: LoadedModel):
+def chat_template_of(ref: registry.ModelRef, tokenizer):
+    """The chat template a version was trained with (its tag; the default for a pretrained base)."""
     from training.chat import ChatTemplate, TemplateConfig
     from training.config import from_dict
     from training.posttrain import TAG_TEMPLATE
 
-    return ChatTemplate(from_dict(TemplateConfig, json.loads(lm.ref.tags.get(TAG_TEMPLATE) or "{}")), lm.tokenizer)
+    return ChatTemplate(from_dict(TemplateConfig, json.loads(ref.tags.get(TAG_TEMPLATE) or "{}")), tokenizer)
 
 
 def answer_prompts(lm: LoadedModel, prompts: list[list[dict]], categories: list[str | None],
@@ -383,7 +384,7 @@ def answer_prompts(lm: LoadedModel, prompts: list[list[dict]], categories: list[
     cut from the left to leave room for the answer)."""
     from training.generation import SamplingConfig, sample
 
-    template = chat_template_of(lm)
+    template = chat_template_of(lm.ref, lm.tokenizer)
     room = lm.cfg.max_seq_len - max_new_tokens
     if room < 8:
         raise UsageError(f"--max-new-tokens {max_new_tokens} leaves no room in {lm.ref.uri}'s context")
@@ -450,12 +451,20 @@ def eval_judge(
     rm_ref = registry.resolve(cfg, reward_uri)
     if rm_ref.tags.get(registry.TAG_STAGE) != "reward":
         raise UsageError(f"{reward_uri} is not a reward model (registered by `lake train reward`)")
-    rm, rm_cfg = load_reward_model(registry.download(cfg, rm_ref, cfg.home / "cache" / "models"))
+    rm_folder = registry.download(cfg, rm_ref, cfg.home / "cache" / "models")
+    rm, rm_cfg = load_reward_model(rm_folder)
     answers_a = answer_prompts(lm, prompts, categories, max_new_tokens)
     answers_b = answer_prompts(baseline, prompts, categories, max_new_tokens)
-    rm_template = chat_template_of(LoadedModel(rm_ref, rm, rm_cfg, baseline.tokenizer, Path()))
-    triples = zip(prompts, answers_a, answers_b, strict=True)
-    encode = [_encode_answers(rm_template, p, a, b, rm_cfg.max_seq_len) for p, a, b in triples]
+    from training.tokenizer import load_tokenizer
+
+    rm_template = chat_template_of(rm_ref, load_tokenizer(rm_folder))
+    encode = [
+        (
+            _encode_answer(rm_template, p, c, a, rm_cfg.max_seq_len),
+            _encode_answer(rm_template, p, c, b, rm_cfg.max_seq_len),
+        )
+        for p, c, a, b in zip(prompts, categories, answers_a, answers_b, strict=True)
+    ]
     ab = score_pairs(rm, [(x, y) for x, y in encode], rm.pad_id)
     ba = score_pairs(rm, [(y, x) for x, y in encode], rm.pad_id)
     orders = [verdicts(ab[0], ab[1], tie_margin), verdicts(ba[1], ba[0], tie_margin)]
@@ -479,14 +488,11 @@ def eval_judge(
     return tally(orders) | figures | _source_fields(source)
 
 
-def _encode_answers(template, prompt: list[dict], a: str, b: str, max_len: int) -> tuple[list[int], list[int]]:
-    """(prompt + a, prompt + b) for the reward model, oldest turns dropped to fit; an empty answer stays empty."""
-    enc = template.encode_pair(prompt, a or " ", b or "  ", max_len)  # equal answers: still scored (a tie)
-    if isinstance(enc, str):
-        last = [*prompt[-1:]]
-        a_ids, b_ids = (template.encode([*last, {"role": "assistant", "content": x or " "}]).ids for x in (a, b))
-        return a_ids[-max_len:], b_ids[-max_len:]
-    return enc[0], enc[1]
+def _encode_answer(template, prompt: list[dict], category: str | None, answer: str, max_len: int) -> list[int]:
+    """The conversation with ``answer`` as the final assistant turn (EOS-terminated, as the reward model was
+    trained; an empty answer is just the EOS), cut from the left to the reward model's context."""
+    ids = template.prompt(prompt, category) + template.content(answer) + [template.tok.eos_id]
+    return ids[-max_len:]
 
 
 # ---- results -----------------------------------------------------------------------------------------------------
@@ -501,7 +507,7 @@ class ResultRow:
     table: str
     snapshot_id: int | None
     predicate: str = ""
-    extra: dict = field(default_factory=dict)
+    options: str = "{}"  # JSON of the settings that change the figure (shots, limit, ...)
 
 
 def result_rows(report: dict[str, Any]) -> list[ResultRow]:
@@ -509,36 +515,40 @@ def result_rows(report: dict[str, Any]) -> list[ResultRow]:
     row's ``n`` is the count its figure divides by (tokens, bytes or characters)."""
     rows: list[ResultRow] = []
     for name, fig in report.get("ppl", {}).items():
-        data = (fig["table"], fig["snapshot_id"], fig["predicate"])
+        data = (fig["table"], fig["snapshot_id"], fig["predicate"], _options(fig))
         for metric, count in (("ppl", "tokens"), ("bits_per_byte", "bytes"), ("bits_per_char", "chars")):
             rows.append(ResultRow("ppl", name, metric, fig[metric], fig[count], fig["method"], *data))
     if mc := report.get("mc"):
-        data = (mc["table"], mc["snapshot_id"])
+        data = (mc["table"], mc["snapshot_id"], mc["predicate"], _options(mc))
         rows.append(ResultRow("mc", "*", "accuracy", mc["accuracy"], mc["n"], mc["method"], *data))
         for subject, fig in mc["subjects"].items():
             rows.append(ResultRow("mc", subject, "accuracy", fig["accuracy"], fig["n"], mc["method"], *data))
     if judge := report.get("judge"):
         method = f"{judge['method']}; vs {judge['baseline']} judged by {judge['reward_model']}"
-        data = (judge["table"], judge["snapshot_id"], judge["predicate"])
+        data = (judge["table"], judge["snapshot_id"], judge["predicate"], _options(judge))
         for subject, fig in [("*", judge), *judge["classes"].items()]:
             for metric in ("win_rate", "tie_rate", "loss_rate"):
                 rows.append(ResultRow("judge", subject, metric, fig[metric], fig["n"], method, *data))
     return rows
 
 
-def write_results(cfg: LakeConfig, ref: registry.ModelRef, rows: list[ResultRow], options: str) -> int:
-    """Append to ``eval.results``; a row's key is (model, suite, data snapshot, options) + (subject, metric), so
-    the same evaluation run twice adds nothing. Returns the rows written."""
+def _options(figures: dict[str, Any]) -> str:
+    return json.dumps(figures.get("options") or {}, sort_keys=True)
+
+
+def write_results(cfg: LakeConfig, ref: registry.ModelRef, rows: list[ResultRow]) -> int:
+    """Append to ``eval.results``; a row's key is (model version, suite, data snapshot and predicate, method,
+    options) + (subject, metric), so the same evaluation run twice adds nothing. Returns the rows written."""
     lake = Lakehouse.from_config(cfg)
     lake.ensure_table(RESULTS_TABLE, "eval_results")
     now = datetime.now(UTC)
     records = []
     for r in rows:
-        identity = json.dumps([ref.uri, r.suite, r.table, r.snapshot_id, r.predicate, r.method, options])
+        identity = json.dumps([ref.uri, r.suite, r.table, r.snapshot_id, r.predicate, r.method, r.options])
         records.append({
             "model": ref.name, "version": ref.version, "suite": r.suite, "subject": r.subject, "metric": r.metric,
             "value": float(r.value), "n": int(r.n), "method": r.method, "data_table": r.table,
-            "data_snapshot_id": r.snapshot_id, "data_predicate": r.predicate, "options": options,
+            "data_snapshot_id": r.snapshot_id, "data_predicate": r.predicate, "options": r.options,
             "input_uri": f"iceberg://lake/{r.table}?snapshot_id={r.snapshot_id}",
             "input_digest": hashlib.sha256(identity.encode()).hexdigest(),
             "record_key": f"{r.suite}/{r.subject}/{r.metric}", "ingested_at": now, "run_id": ref.run_id,

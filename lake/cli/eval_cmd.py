@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from lake.cli.context import CliContext, pass_ctx
@@ -59,7 +57,6 @@ def eval_command(obj: CliContext, model_uri, suites, ppl_table, slices, held_out
     from training import evaluate as ev
 
     report: dict = {}
-    options: dict = {"limit": limit, "as_of": as_of}
     if "pairs" in suites:
         from training.posttrain import eval_pairs
 
@@ -75,22 +72,23 @@ def eval_command(obj: CliContext, model_uri, suites, ppl_table, slices, held_out
         lm = ev.load_model(obj.config, model_uri)
         if "ppl" in lm_suites:
             fraction = ev.held_out_fraction(obj.config, lm.ref) if held_out else None
-            options |= {"held_out": fraction}
             report["ppl"] = ev.eval_ppl(obj.config, lm, ppl_table, ev.parse_slices(slices), held_out=fraction,
                                         limit=limit, as_of=as_of)  # fmt: skip
+            for figures in report["ppl"].values():
+                figures["options"] = {"limit": limit, "held_out": fraction}
         if "mc" in lm_suites:
             chosen = [s.strip() for s in subjects.split(",")] if subjects else None
-            options |= {"shots": shots, "split": mc_split, "subjects": chosen}
             report["mc"] = ev.eval_mc(obj.config, lm, mc_table, None if mc_split == "any" else mc_split,
                                       n_shots=shots, subjects=chosen, limit=limit, as_of=as_of)  # fmt: skip
+            report["mc"]["options"] = {"limit": limit, "shots": shots, "split": mc_split, "subjects": chosen}
         if "judge" in lm_suites:
-            options |= {"max_new_tokens": max_new_tokens, "where": where}
             report["judge"] = ev.eval_judge(obj.config, lm, baseline, reward_model, prompts_table, where=where,
                                             limit=limit or 32, max_new_tokens=max_new_tokens, as_of=as_of)  # fmt: skip
+            report["judge"]["options"] = {"limit": limit or 32, "max_new_tokens": max_new_tokens}
         if not no_record:
             rows = ev.result_rows(report)
             report["recorded"] = {
-                "eval.results": ev.write_results(obj.config, lm.ref, rows, json.dumps(options, sort_keys=True)),
+                "eval.results": ev.write_results(obj.config, lm.ref, rows),
                 "mlflow_run": lm.ref.run_id,
             }
             ev.log_to_mlflow(obj.config, lm.ref, rows, report)
@@ -108,6 +106,11 @@ def eval_command(obj: CliContext, model_uri, suites, ppl_table, slices, held_out
         emit_rows(rows, fmt, ["suite", "subject", "metric", "value", "n"])
         methods = sorted({r.method for r in ev.result_rows(report)})
         click.echo("method: " + " | ".join(methods))
+    if "recorded" in report:
+        rec = report["recorded"]
+        click.echo(
+            f"recorded: {rec['eval.results']} new rows in eval.results; metrics on MLflow run {rec['mlflow_run']}"
+        )
 
 
 COMMANDS = [eval_command]
