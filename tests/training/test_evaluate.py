@@ -38,7 +38,7 @@ def _rows(split: str, subject: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def data() -> tuple[dict, dict]:
-    items = {s: _rows("test", s)[:30] for s in SUBJECTS}
+    items = {s: _rows("test", s)[:20] for s in SUBJECTS}
     shots = {s: _rows("dev", s) for s in SUBJECTS}
     return items, shots
 
@@ -79,7 +79,7 @@ def test_shared_prefix_cache_equals_full_forward(tokenizer, data):
     items, shots = data
     model = _model(tokenizer, seed=3)
     for subject in SUBJECTS[:2]:
-        encoded = _encoded(tokenizer, items, shots, subject)[:10]
+        encoded = _encoded(tokenizer, items, shots, subject)[:5]
         assert len(encoded[0].context) > 200  # a real 5-shot prompt
         cached = torch.tensor(score_subject(model, model.cfg, encoded, batch_size=4))
         plain = torch.tensor(score_truncated(model, encoded, max_len=10_000))
@@ -103,18 +103,19 @@ def test_accuracy_is_the_favoured_letters_share(tokenizer, data):
         model = _favouring(tokenizer, token)
         only = {s: [r for r in rows if r["answer"] == letter] for s, rows in items.items()}
         result = score_mc(model, model.cfg, tokenizer, {s: r for s, r in only.items() if r}, shots)
-        assert result["accuracy"] == 1.0 and result["n"] >= 20, (letter, result)
-        every = score_mc(model, model.cfg, tokenizer, items, shots)
-        share = sum(r["answer"] == letter for rows in items.values() for r in rows) / every["n"]
-        assert every["accuracy"] == pytest.approx(share)
-        assert set(every["predictions"][SUBJECTS[0]]) == {letter}
+        assert result["accuracy"] == 1.0 and result["n"] >= 15, (letter, result)
+        if letter == "A":  # on every item: exactly the share of items whose answer is the favoured letter
+            every = score_mc(model, model.cfg, tokenizer, items, shots)
+            share = sum(r["answer"] == letter for rows in items.values() for r in rows) / every["n"]
+            assert every["accuracy"] == pytest.approx(share) and 0 < share < 0.5
+            assert {p for preds in every["predictions"].values() for p in preds} == {letter}
 
 
 def test_random_model_scores_about_chance(tokenizer, data):
     items, shots = data
     results = [score_mc(_model(tokenizer, seed=s), _model(tokenizer).cfg, tokenizer, items, shots) for s in (1, 2)]
     assert all(0.12 < r["accuracy"] < 0.38 for r in results), [r["accuracy"] for r in results]
-    assert results[0]["n"] == 180 and set(results[0]["subjects"]) == set(SUBJECTS)
+    assert results[0]["n"] == 120 and set(results[0]["subjects"]) == set(SUBJECTS)
     assert "log-likelihood" in results[0]["method"] and "lm-eval" in results[0]["method"]
 
 
