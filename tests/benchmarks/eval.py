@@ -7,7 +7,8 @@ of each and their ratio (ours / lm-eval).
 Setup, all in a temporary lake home on the shared data: the first ``--subjects`` CMMLU subjects (dev and test files)
 are imported with ``lake import mc``; a sentencepiece tokenizer is trained on their text; a Llama-style model
 (4 layers, d 256, random init with std 0.1, so that its letter choices vary from item to item) is exported in the
-Hugging Face layout and registered in MLflow.
+Hugging Face layout and registered in MLflow. ``--checkpoint DIR`` evaluates an exported model instead (e.g. a
+trained one from ``$LAKE_HOME/cache/models/NAME/V``; with a short context both sides cut prompts from the left).
 
 - **ours**: ``training.evaluate.eval_mc`` (what ``lake eval MODEL --suite mc`` runs): reads the pinned table,
   builds the 5-shot prompts, scores the letters with the shared prefix in a KV cache.
@@ -101,9 +102,9 @@ def ensure_venv() -> Path:
     return python
 
 
-def setup_lake(work: Path, subjects: list[str]):
-    """A lake home with the subjects' CMMLU rows in ``eval.cmmlu`` and a registered model; returns
-    (cfg, model uri, checkpoint folder)."""
+def setup_lake(work: Path, subjects: list[str], checkpoint: Path | None):
+    """A lake home with the subjects' CMMLU rows in ``eval.cmmlu`` and a registered model (``checkpoint``, or a
+    random one with a tokenizer trained on the rows); returns (cfg, model uri, checkpoint folder, rows)."""
     os.environ |= {"LAKE_HOME": str(work / "home"), "LAKE_DATA_DIR": str(DATA), "RAY_AUTH_MODE": "disabled",
                    "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}  # fmt: skip
     for name in ("MLFLOW_TRACKING_URI", "LAKE_CONFIG", "RAY_ADDRESS"):
@@ -122,13 +123,16 @@ def setup_lake(work: Path, subjects: list[str]):
     files = [str(DATA / "eval/cmmlu" / split / f"{s}.csv") for s in subjects for split in ("dev", "test")]
     import_files(lake, "mc", files, "eval.cmmlu", progress=False)
     rows = lake.read("eval.cmmlu").to_pylist()
-    tok_dir = work / "tok"
-    train_tokenizer([format_question(r) + r["answer"] for r in rows], 8000, tok_dir)
-    tokenizer = load_tokenizer(tok_dir)
-    model_cfg = ModelConfig(vocab_size=tokenizer.vocab_size, dim=256, n_layers=4, n_heads=4, n_kv_heads=2,
-                            multiple_of=64, max_seq_len=2048, init_std=0.1)  # fmt: skip
-    special = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
-    ckpt = save_pretrained(LlamaModel(model_cfg, seed=0), model_cfg, work / "ckpt", tok_dir, **special)
+    if checkpoint is not None:
+        ckpt = checkpoint
+    else:
+        tok_dir = work / "tok"
+        train_tokenizer([format_question(r) + r["answer"] for r in rows], 8000, tok_dir)
+        tokenizer = load_tokenizer(tok_dir)
+        model_cfg = ModelConfig(vocab_size=tokenizer.vocab_size, dim=256, n_layers=4, n_heads=4, n_kv_heads=2,
+                                multiple_of=64, max_seq_len=2048, init_std=0.1)  # fmt: skip
+        special = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
+        ckpt = save_pretrained(LlamaModel(model_cfg, seed=0), model_cfg, work / "ckpt", tok_dir, **special)
     client = registry.client(cfg)
     experiment = client.get_experiment_by_name("bench") or client.get_experiment(client.create_experiment("bench"))
     run_id = client.create_run(experiment.experiment_id).info.run_id
@@ -199,12 +203,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16, help="lm-eval batch size")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="an exported model folder with a tokenizer (default: a random model)")  # fmt: skip
     args = parser.parse_args()
     subjects = sorted(p.stem for p in (DATA / "eval/cmmlu/test").glob("*.csv"))[: args.subjects]
     python = ensure_venv()
     with tempfile.TemporaryDirectory(prefix="lake-eval-bench-") as tmp:
         work = Path(tmp)
-        cfg, uri, ckpt, rows = setup_lake(work, subjects)
+        cfg, uri, ckpt, rows = setup_lake(work, subjects, args.checkpoint)
         tasks_dir = write_tasks(work, rows, subjects)
         _log(f"{len(subjects)} subjects x {args.limit} items; model {uri}")
         ours_s, ours = run_ours(cfg, uri, subjects, args.limit, args.rounds, args.threads)
@@ -230,6 +236,7 @@ def main() -> None:
         "agreement": round(same / total, 4),
         "ours_items_per_s": round(n / ours_s, 2), "lm_eval_items_per_s": round(total / peer["seconds"], 2),
         "ratio": round((n / ours_s) / (total / peer["seconds"]), 2),
+        "model": "random d256x4" if args.checkpoint is None else str(args.checkpoint),
         "method": ours["method"], "peer": "lm-eval 0.4.13 HFLM float32 add_bos_token=True",
     }))  # fmt: skip
 
