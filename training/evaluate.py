@@ -180,14 +180,9 @@ def encode_item(tokenizer, prompt: str, answer: str) -> McItem:
     return McItem(context, conts, LETTERS.index(answer))
 
 
-def _letter_scores(logprobs: torch.Tensor, starts: list[int], conts: list[list[int]]) -> list[float]:
-    """Summed log-probabilities of each continuation; ``logprobs`` [T, V] of one row, ``starts[c]`` the position
-    whose next-token distribution predicts the continuation's first token."""
-    scores = []
-    for start, cont in zip(starts, conts, strict=True):
-        positions = torch.arange(start, start + len(cont))
-        scores.append(float(logprobs[positions, torch.tensor(cont)].sum()))
-    return scores
+def _letter_scores(logprobs: torch.Tensor, conts: list[list[int]]) -> list[float]:
+    """Summed log-probabilities of each continuation; row ``j`` of ``logprobs`` [T, V] predicts its token ``j``."""
+    return [float(logprobs[torch.arange(len(cont)), torch.tensor(cont)].sum()) for cont in conts]
 
 
 def _rows_of(item: McItem, shared: int) -> list[tuple[list[int], list[int]]]:
@@ -215,7 +210,7 @@ def score_with_prefix(model, prefix: list[int], items: list[McItem], batch_size:
     ids = torch.tensor([prefix])
     positions = torch.arange(p)[None]
     mask = torch.ones(p, p, dtype=torch.bool).tril()[None, None]
-    hidden = model.model(ids, positions, mask, base)
+    model.model(ids, positions, mask, base)  # fills the cache; the prefix's own outputs are never needed
     scores = [[0.0] * len(LETTERS) for _ in items]
     jobs.sort(key=lambda j: len(j[1]))
     for start in range(0, len(jobs), batch_size):
@@ -239,7 +234,7 @@ def score_with_prefix(model, prefix: list[int], items: list[McItem], batch_size:
             n_ctx = len(items[i].context) - p
             logprobs = torch.log_softmax(model.lm_head(hidden[row, n_ctx - 1 : len(t)]).float(), dim=-1)
             conts = [items[i].continuations[c] for c in cs]
-            for c, value in zip(cs, _letter_scores(logprobs, [0] * len(cs), conts), strict=True):
+            for c, value in zip(cs, _letter_scores(logprobs, conts), strict=True):
                 scores[i][c] = value
     return scores
 
@@ -250,12 +245,12 @@ def score_truncated(model, items: list[McItem], max_len: int) -> list[list[float
     tokens, the last one dropped (lm-evaluation-harness's left truncation), one full forward per letter."""
     scores = []
     for item in items:
-        row = []
+        row, seen = [], {}
         for cont in item.continuations:
-            whole = (item.context + cont)[-(max_len + 1) :][:-1]
-            logits = model(torch.tensor([whole]))[0].float()
-            logprobs = torch.log_softmax(logits[-len(cont) :], dim=-1)
-            row.append(float(logprobs[torch.arange(len(cont)), torch.tensor(cont)].sum()))
+            whole = tuple((item.context + cont)[-(max_len + 1) :][:-1])
+            if whole not in seen:  # single-token letters: the same input for all four
+                seen[whole] = torch.log_softmax(model(torch.tensor([whole]))[0].float(), dim=-1)
+            row += _letter_scores(seen[whole][-len(cont) :], [cont])
         scores.append(row)
     return scores
 
@@ -274,7 +269,7 @@ def score_subject(model, model_cfg, items: list[McItem], batch_size: int = 16) -
     """Letter scores of one subject's items: the shared-prefix path for prompts that fit the context."""
     max_len = model_cfg.max_seq_len
     fits = [i for i, it in enumerate(items) if len(it.context) + max(len(c) for c in it.continuations) - 1 <= max_len]
-    long = [i for i in range(len(items)) if i not in set(fits)]
+    long = sorted(set(range(len(items))) - set(fits))
     scores: list[list[float]] = [[]] * len(items)
     if fits:
         # the shared prefix stops one token short of the shortest context: every row has a token to run
