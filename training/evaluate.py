@@ -423,10 +423,12 @@ def eval_judge(
     tie_margin: float = 0.0,
     as_of: str | None = None,
 ) -> dict[str, Any]:
-    """Both models answer the first user turn(s) of each example (its reference answer dropped); the reward model
-    scores both answers, the pair in both orders; win/tie/loss of the evaluated model overall and per class."""
+    """Both models answer the conversation of each example (its reference answer dropped; the first ``limit`` in
+    id order, a hash order); the reward model scores both answers, the pair in both orders; win/tie/loss of the
+    evaluated model (a tie: rewards within ``tie_margin``) overall and per class."""
     from training.checkpoint import load_reward_model
     from training.posttrain import score_pairs
+    from training.tokenizer import load_tokenizer
 
     lake = Lakehouse.from_config(cfg)
     source = resolve_source(lake, table, where=where, as_of=as_of, text_column="messages")
@@ -450,8 +452,6 @@ def eval_judge(
     rm, rm_cfg = load_reward_model(rm_folder)
     answers_a = answer_prompts(lm, prompts, categories, max_new_tokens)
     answers_b = answer_prompts(baseline, prompts, categories, max_new_tokens)
-    from training.tokenizer import load_tokenizer
-
     rm_template = chat_template_of(rm_ref, load_tokenizer(rm_folder))
     encode = [
         (

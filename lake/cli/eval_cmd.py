@@ -38,6 +38,8 @@ def _suites(ctx, param, value: tuple[str, ...]) -> list[str]:
 @click.option("--prompts-table", default="sft.examples", show_default=True, metavar="NS.TABLE",
               help="judge: conversations whose last user turn is answered.")  # fmt: skip
 @click.option("--max-new-tokens", default=48, show_default=True, type=click.IntRange(1), help="judge: answer length.")
+@click.option("--tie-margin", default=0.0, show_default=True, type=click.FloatRange(0), help="judge: rewards this "
+              "close are a tie.")  # fmt: skip
 @click.option("--pairs-table", "pairs_table", default=None, metavar="NS.TABLE", help="pairs: preference pairs.")
 @click.option("--where", default=None, metavar="SQL", help="Predicate over the pairs or prompts table.")
 @click.option("--as-of", "as_of", default=None, metavar="ID|TAG", help="Snapshot id or tag (default: current).")
@@ -45,13 +47,15 @@ def _suites(ctx, param, value: tuple[str, ...]) -> list[str]:
 @format_option()
 @pass_ctx
 def eval_command(obj: CliContext, model_uri, suites, ppl_table, slices, held_out, mc_table, mc_split, shots,
-                 subjects, limit, baseline, reward_model, prompts_table, max_new_tokens, pairs_table, where, as_of,
-                 no_record, fmt) -> None:  # fmt: skip
-    """Score a registered model. Examples:
+                 subjects, limit, baseline, reward_model, prompts_table, max_new_tokens, tie_margin, pairs_table,
+                 where, as_of, no_record, fmt) -> None:  # fmt: skip
+    """Score a registered model: a language model on ppl, mc, judge; a reward model on pairs. Examples:
 
-    lake eval models:/tiny-chat/1 --suite ppl,mc --table text.corpus --slice zh="input_uri LIKE '%daily%'"
-    --mc-table eval.cmmlu --subjects anatomy,astronomy --limit 20
-
+    \b
+    lake eval models:/tiny-chat/1 --suite ppl,mc --table text.corpus \\
+        --slice zh="input_uri LIKE '%daily%'" --mc-table eval.cmmlu --subjects anatomy,astronomy --limit 20
+    lake eval models:/tiny-chat/1 --suite judge --baseline models:/tiny-web/1 \\
+        --reward-model models:/tiny-rm/1 --where "source_format = 'belle'"
     lake eval models:/tiny-rm/1 --suite pairs --pairs-table pref.pairs --format json
     """
     from training import evaluate as ev
@@ -83,8 +87,10 @@ def eval_command(obj: CliContext, model_uri, suites, ppl_table, slices, held_out
             report["mc"]["options"] = {"limit": limit, "shots": shots, "split": mc_split, "subjects": chosen}
         if "judge" in lm_suites:
             report["judge"] = ev.eval_judge(obj.config, lm, baseline, reward_model, prompts_table, where=where,
-                                            limit=limit or 32, max_new_tokens=max_new_tokens, as_of=as_of)  # fmt: skip
-            report["judge"]["options"] = {"limit": limit or 32, "max_new_tokens": max_new_tokens}
+                                            limit=limit or 32, max_new_tokens=max_new_tokens, tie_margin=tie_margin,
+                                            as_of=as_of)  # fmt: skip
+            report["judge"]["options"] = {"limit": limit or 32, "max_new_tokens": max_new_tokens,
+                                          "tie_margin": tie_margin}  # fmt: skip
         if not no_record:
             rows = ev.result_rows(report)
             report["recorded"] = {
