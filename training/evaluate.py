@@ -249,8 +249,9 @@ def score_truncated(model, items: list[McItem], max_len: int) -> list[list[float
         for cont in item.continuations:
             whole = tuple((item.context + cont)[-(max_len + 1) :][:-1])
             if whole not in seen:  # single-token letters: the same input for all four
-                seen[whole] = torch.log_softmax(model(torch.tensor([whole]))[0].float(), dim=-1)
-            row += _letter_scores(seen[whole][-len(cont) :], [cont])
+                hidden = model.model(torch.tensor([whole]))[0, -len(cont) :]  # the LM head only where it is read
+                seen[whole] = torch.log_softmax(model.lm_head(hidden).float(), dim=-1)
+            row += _letter_scores(seen[whole], [cont])
         scores.append(row)
     return scores
 
