@@ -240,20 +240,35 @@ def score_with_prefix(model, prefix: list[int], items: list[McItem], batch_size:
 
 
 @torch.inference_mode()
-def score_truncated(model, items: list[McItem], max_len: int) -> list[list[float]]:
+def score_truncated(model, items: list[McItem], max_len: int, batch_size: int = 16) -> list[list[float]]:
     """Items whose prompt does not fit the context: BOS + context + continuation cut to its last ``max_len + 1``
-    tokens, the last one dropped (lm-evaluation-harness's left truncation), one full forward per letter."""
-    scores = []
+    tokens, the last one dropped (lm-evaluation-harness's left truncation). Distinct inputs only (single-token
+    letters share one), batched by length (cut inputs are all ``max_len`` long: no padding)."""
+    reads: dict[tuple[int, ...], int] = {}  # input -> how many last positions are read
+    plans = []
     for item in items:
-        row, seen = [], {}
-        for cont in item.continuations:
-            whole = tuple((item.context + cont)[-(max_len + 1) :][:-1])
-            if whole not in seen:  # single-token letters: the same input for all four
-                hidden = model.model(torch.tensor([whole]))[0, -len(cont) :]  # the LM head only where it is read
-                seen[whole] = torch.log_softmax(model.lm_head(hidden).float(), dim=-1)
-            row += _letter_scores(seen[whole], [cont])
-        scores.append(row)
-    return scores
+        keys = [tuple((item.context + cont)[-(max_len + 1) :][:-1]) for cont in item.continuations]
+        for key, cont in zip(keys, item.continuations, strict=True):
+            reads[key] = max(reads.get(key, 0), len(cont))
+        plans.append(keys)
+    by_length: dict[int, list[tuple[int, ...]]] = defaultdict(list)
+    for key in reads:
+        by_length[len(key)].append(key)
+    logprobs: dict[tuple[int, ...], torch.Tensor] = {}
+    for group in by_length.values():
+        for start in range(0, len(group), batch_size):
+            chunk = group[start : start + batch_size]
+            last = max(reads[k] for k in chunk)
+            hidden = model.model(torch.tensor(chunk))[:, -last:]  # the LM head only where it is read
+            for key, row in zip(chunk, torch.log_softmax(model.lm_head(hidden).float(), dim=-1), strict=True):
+                logprobs[key] = row
+    return [
+        [
+            _letter_scores(logprobs[key][-len(cont) :], [cont])[0]
+            for key, cont in zip(keys, item.continuations, strict=True)
+        ]
+        for keys, item in zip(plans, items, strict=True)
+    ]
 
 
 def common_prefix(seqs: Sequence[Sequence[int]]) -> int:
@@ -278,7 +293,7 @@ def score_subject(model, model_cfg, items: list[McItem], batch_size: int = 16) -
         prefix = items[fits[0]].context[: max(shared, 1)]
         for i, s in zip(fits, score_with_prefix(model, prefix, [items[i] for i in fits], batch_size), strict=True):
             scores[i] = s
-    for i, s in zip(long, score_truncated(model, [items[i] for i in long], max_len), strict=True):
+    for i, s in zip(long, score_truncated(model, [items[i] for i in long], max_len, batch_size), strict=True):
         scores[i] = s
     return scores
 
