@@ -20,7 +20,9 @@ trained one from ``$LAKE_HOME/cache/models/NAME/V``; with a short context both s
   documents are the same catalog rows, written to JSON Lines (a CSV loader would turn ``0.50`` into ``0.5``).
 
 Timing covers the scoring call on each side (items read, prompts built and tokenised, forwards), after the model
-is loaded; both use ``--threads`` torch threads. The best of ``--rounds`` rounds is reported per side.
+is loaded; both use ``--threads`` torch threads. The best of ``--rounds`` rounds is reported per side, as wall
+time (``ratio``) and as process CPU time (``ratio_cpu``: steadier on a shared, loaded machine; ``load_avg_1m`` says
+how loaded it was).
 """
 
 from __future__ import annotations
@@ -70,17 +72,18 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 lm = HFLM(pretrained=args["ckpt"], dtype="float32", add_bos_token=True, batch_size=args["batch"], device="cpu")
 manager = TaskManager(include_path=args["tasks_dir"])
-runs = []
+runs, cpu = [], []
 for _ in range(args["rounds"]):
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     out = simple_evaluate(model=lm, tasks=args["tasks"], num_fewshot=args["shots"], limit=args["limit"],
                           log_samples=True, task_manager=manager, bootstrap_iters=0)
     runs.append(time.perf_counter() - start)
+    cpu.append(time.process_time() - start_cpu)
 predictions = {}
 for task, samples in out["samples"].items():
     ordered = sorted(samples, key=lambda s: s["doc_id"])
     predictions[task] = ["ABCD"[max(range(4), key=lambda i: s["filtered_resps"][i][0])] for s in ordered]
-print(json.dumps({"seconds": min(runs), "predictions": predictions}))
+print(json.dumps({"seconds": min(runs), "cpu_seconds": min(cpu), "predictions": predictions}))
 """
 
 
@@ -175,12 +178,13 @@ def run_ours(cfg, uri: str, subjects: list[str], limit: int, rounds: int, thread
 
     torch.set_num_threads(threads)
     lm = load_model(cfg, uri)
-    times, result = [], None
+    times, cpu, result = [], [], None
     for _ in range(rounds):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         result = eval_mc(cfg, lm, "eval.cmmlu", "test", subjects=subjects, limit=limit)
         times.append(time.perf_counter() - start)
-    return min(times), result
+        cpu.append(time.process_time() - start_cpu)
+    return min(times), min(cpu), result
 
 
 def run_peer(python: Path, ckpt: Path, tasks_dir: Path, subjects: list[str], args) -> dict:
@@ -213,7 +217,7 @@ def main() -> None:
         cfg, uri, ckpt, rows = setup_lake(work, subjects, args.checkpoint)
         tasks_dir = write_tasks(work, rows, subjects)
         _log(f"{len(subjects)} subjects x {args.limit} items; model {uri}")
-        ours_s, ours = run_ours(cfg, uri, subjects, args.limit, args.rounds, args.threads)
+        ours_s, ours_cpu, ours = run_ours(cfg, uri, subjects, args.limit, args.rounds, args.threads)
         _log(f"ours: {ours['n']} items in {ours_s:.1f}s, accuracy {ours['accuracy']:.4f}")
         peer = run_peer(python, ckpt, tasks_dir, subjects, args)
     from training.evaluate import file_order
@@ -236,6 +240,8 @@ def main() -> None:
         "agreement": round(same / total, 4),
         "ours_items_per_s": round(n / ours_s, 2), "lm_eval_items_per_s": round(total / peer["seconds"], 2),
         "ratio": round((n / ours_s) / (total / peer["seconds"]), 2),
+        "ours_cpu_s": round(ours_cpu, 1), "lm_eval_cpu_s": round(peer["cpu_seconds"], 1),
+        "ratio_cpu": round(peer["cpu_seconds"] / ours_cpu, 2), "load_avg_1m": round(os.getloadavg()[0], 1),
         "model": "random d256x4" if args.checkpoint is None else str(args.checkpoint),
         "method": ours["method"], "peer": "lm-eval 0.4.13 HFLM float32 add_bos_token=True",
     }))  # fmt: skip
