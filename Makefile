@@ -49,12 +49,18 @@ demo: $(STAMP)
 	$(LAKE) --config $(DEMO)/lake.toml train reward $(DEMO)/train/reward.yaml
 	$(LAKE) --config $(DEMO)/lake.toml eval models:/tiny-rm/1 --suite pairs --pairs-table pref.pairs \
 		--where "input_uri LIKE '%helpful%'"
-	$(LAKE) --config $(DEMO)/lake.toml eval models:/tiny-chat/1 --suite ppl,mc,judge --limit 20 \
+	$(LAKE) --config $(DEMO)/lake.toml train bon $(DEMO)/train/bon.yaml
+	$(LAKE) --config $(DEMO)/lake.toml train dpo $(DEMO)/train/dpo.yaml
+	$(LAKE) --config $(DEMO)/lake.toml train ppo $(DEMO)/train/ppo.yaml
+	$(LAKE) --config $(DEMO)/lake.toml eval models:/tiny-ppo/1 --suite ppl,mc,judge --limit 20 \
 		--table text.corpus --slice zh="input_uri LIKE '%peoples_daily%'" --slice en="input_uri LIKE '%c4_demo%'" \
 		--mc-table eval.cmmlu --subjects agronomy,anatomy,astronomy \
-		--baseline models:/tiny-web/1 --reward-model models:/tiny-rm/1 --where "source_format = 'belle'" --max-new-tokens 32
-	$(LAKE) --config $(DEMO)/lake.toml query "SELECT model, version, suite, subject, metric, round(value, 4) AS value, n FROM eval.results WHERE subject IN ('*', 'zh', 'en') ORDER BY suite, subject, metric"
-	$(LAKE) --config $(DEMO)/lake.toml lineage models:/tiny-rm/1
+		--baseline models:/tiny-chat/1 --reward-model models:/tiny-rm/1 --where "source_format = 'belle'" --max-new-tokens 32
+	$(LAKE) --config $(DEMO)/lake.toml eval models:/tiny-chat/1 --suite ppl,mc --limit 20 \
+		--table text.corpus --slice zh="input_uri LIKE '%peoples_daily%'" --slice en="input_uri LIKE '%c4_demo%'" \
+		--mc-table eval.cmmlu --subjects agronomy,anatomy,astronomy
+	$(LAKE) --config $(DEMO)/lake.toml query "SELECT model, version, suite, subject, metric, round(value, 4) AS value, n FROM eval.results WHERE subject IN ('*', 'zh', 'en') ORDER BY suite, subject, metric, model"
+	$(LAKE) --config $(DEMO)/lake.toml lineage models:/tiny-ppo/1
 	$(LAKE) --config $(DEMO)/lake.toml models
 	$(LAKE) --config $(DEMO)/lake.toml catalog tables
 	$(LAKE) --config $(DEMO)/lake.toml query "SELECT lang, count(*) AS docs, sum(CASE WHEN gopher_reason IS NULL THEN 1 ELSE 0 END) AS gopher_ok FROM web.documents GROUP BY lang ORDER BY docs DESC"

@@ -30,6 +30,7 @@ KIND = "attributes"
 SEPARATOR = "__"
 VIEW_SUFFIX = "__labels"
 KEY = "doc_id"
+ROW_KEYS = ("example_id", "pair_id", "item_id")  # tables of other rows than documents: their id is the key
 LABELER_RE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")  # no "__": the separator stays unambiguous
 PROP_SOURCE = "lake.attr.source"
 PROP_LABELER = "lake.attr.labeler"
@@ -208,7 +209,8 @@ def joined_frame(
     if not chosen:
         return frame
     present = set(frame.collect_schema().names())
-    if KEY not in present:
+    key = next((c for c in (KEY, *ROW_KEYS) if c in present), None)
+    if key is None:
         raise UsageError(f"{source} has no {KEY} column to join labels on")
     for labeler in chosen:
         ident = available[labeler]
@@ -217,7 +219,7 @@ def joined_frame(
         if not columns:
             continue
         labels = _scan(lake, ident, pinned).select([KEY, *columns]).unique(KEY, keep="last")
-        frame = frame.join(labels, on=KEY, how="left")
+        frame = frame.join(labels, left_on=key, right_on=KEY, how="left")
         present.update(columns)
     return frame
 

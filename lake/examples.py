@@ -14,6 +14,9 @@ EXAMPLES: dict[str, tuple[str, str]] = {
     "train/pretrain.yaml": ("lake", "examples/pretrain.yaml"),
     "train/sft.yaml": ("lake", "examples/sft.yaml"),
     "train/reward.yaml": ("lake", "examples/reward.yaml"),
+    "train/dpo.yaml": ("lake", "examples/dpo.yaml"),
+    "train/ppo.yaml": ("lake", "examples/ppo.yaml"),
+    "train/bon.yaml": ("lake", "examples/bon.yaml"),
 }
 
 

@@ -17,6 +17,7 @@ import yaml
 
 from lake.errors import UsageError
 from training.chat import TemplateConfig
+from training.generation import SamplingConfig
 
 
 @dataclass(kw_only=True)
@@ -250,11 +251,14 @@ def _post_problems(job, default_table: str) -> list[str]:
         problems.append("data.val_fraction: must be in (0, 1)")
     if job.seq_len < 16:
         problems.append("seq_len: must be at least 16")
-    if job.lora.rank < 0:
+    lora = getattr(job, "lora", None)  # preference and RL stages train the full model and use the base's template
+    if lora is not None and lora.rank < 0:
         problems.append("lora.rank: must be >= 0 (0 is full fine-tuning)")
-    if not 0 <= job.lora.dropout < 1:
+    if lora is not None and not 0 <= lora.dropout < 1:
         problems.append("lora.dropout: must be in [0, 1)")
-    return problems + job.template.problems() + optim_problems(job.optim) + scaling_problems(job.scaling)
+    template = getattr(job, "template", None)
+    problems += template.problems() if template is not None else []
+    return problems + optim_problems(job.optim) + scaling_problems(job.scaling)
 
 
 @dataclass(kw_only=True)
@@ -295,6 +299,140 @@ class RewardConfig(JobConfig):
 
     def validate(self) -> RewardConfig:
         problems = _post_problems(self, "pref.pairs")
+        if problems:
+            raise UsageError("; ".join(problems))
+        return self
+
+
+# ---- preference optimisation and RL --------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class DPOConfig(JobConfig):
+    name: str = ""
+    base: str = ""  # models:/NAME/V of the SFT model to optimise (its tokenizer and chat template come with it)
+    reference: str | None = None  # the frozen reference; default: the base model itself
+    data: ChatDataConfig = field(default_factory=lambda: ChatDataConfig(table="pref.pairs"))
+    seq_len: int = 256  # a pair longer than this drops its earliest prompt turns; skipped if it still does not fit
+    loss: str = "sigmoid"  # sigmoid (DPO) | hinge (SLiC) | ipo
+    beta: float = 0.1
+    label_smoothing: float = 0.0  # conservative DPO (sigmoid only)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4, weight_decay=0.0))
+    scaling: ScalingSection = field(default_factory=ScalingSection)
+
+    def validate(self) -> DPOConfig:
+        problems = _post_problems(self, "pref.pairs")
+        if self.loss not in ("sigmoid", "hinge", "ipo"):
+            problems.append(f"loss: {self.loss!r} is not one of sigmoid, hinge, ipo")
+        if self.beta <= 0:
+            problems.append("beta: must be > 0")
+        if self.reference is not None and not self.reference.startswith("models:/"):
+            problems.append("reference: give the frozen reference as models:/NAME/VERSION")
+        if problems:
+            raise UsageError("; ".join(problems))
+        return self
+
+
+@dataclass(kw_only=True)
+class PtxConfig:
+    """Pretraining text for PPO-ptx (InstructGPT's γ·log π(x) term) and for the held-out perplexity check."""
+
+    table: str = ""  # NS.TABLE of text (or a mix table); empty: neither the term nor the check
+    where: str | None = None
+    as_of: str | None = None
+    text_column: str = "text"
+    coef: float = 0.0  # γ; 0 measures held-out perplexity without training on the text
+    batch_size: int = 4  # pretraining rows per PPO minibatch
+    max_chunks: int = 512  # training chunks read at most (held-out chunks: a 5% hash split of the documents)
+
+
+@dataclass(kw_only=True)
+class RLConfig(JobConfig):
+    """``lake train ppo`` and ``lake train grpo``: a policy (the SFT model) optimised against a registered reward
+    model on prompts from a catalog table, with a KL penalty to the frozen reference (the SFT model)."""
+
+    name: str = ""
+    base: str = ""  # models:/NAME/V of the SFT policy (also the frozen reference unless `reference` is set)
+    reference: str | None = None
+    reward_model: str = ""  # models:/NAME/V registered by `lake train reward`
+    data: ChatDataConfig = field(default_factory=ChatDataConfig)  # prompts: conversations up to the last answer
+    val_where: str | None = None  # held-out prompts (e.g. an eval set); default: the hash-held-out rows of `data`
+    seq_len: int = 256  # prompt + completion
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=32, temperature=1.0))
+    rollout_prompts: int = 16  # prompts per rollout (GRPO: each sampled group_size times)
+    ppo_epochs: int = 2  # passes over each rollout's experience
+    minibatches: int = 2  # minibatches per pass (one optimizer step each)
+    clip: float = 0.2  # ε of the clipped surrogate
+    # PPO
+    value_clip: float = 0.2
+    vf_coef: float = 0.5
+    gamma: float = 1.0
+    lam: float = 0.95
+    kl_coef: float = 0.05  # β of the per-token KL penalty (initial value when kl_target is set)
+    kl_target: float | None = None  # adaptive β toward this sequence KL (Ziegler et al.); None: fixed β
+    kl_horizon: int = 10000
+    reward_clip: float = 5.0  # normalised scores are clipped to ±reward_clip
+    normalize_reward: bool = True  # running mean/std of reward-model scores
+    ptx: PtxConfig = field(default_factory=PtxConfig)
+    # GRPO
+    group_size: int = 4  # G samples per prompt
+    beta: float = 0.04  # GRPO's KL weight (k3 estimator)
+    scale_rewards: bool = True  # divide by the group's std (False: Dr. GRPO)
+    val_max_prompts: int = 64
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=0.0, warmup_steps=0))
+    scaling: ScalingSection = field(default_factory=ScalingSection)
+
+    def validate(self) -> RLConfig:
+        problems = _rl_problems(self)
+        if problems:
+            raise UsageError("; ".join(problems))
+        return self
+
+
+def _rl_problems(job: RLConfig) -> list[str]:
+    problems = _post_problems(job, "sft.examples")
+    if not job.reward_model.startswith("models:/"):
+        problems.append("reward_model: give the reward model as models:/NAME/VERSION")
+    for key in ("rollout_prompts", "ppo_epochs", "minibatches", "group_size"):
+        if getattr(job, key) < 1:
+            problems.append(f"{key}: must be at least 1")
+    if job.sampling.max_new_tokens >= job.seq_len:
+        problems.append("sampling.max_new_tokens: must be below seq_len")
+    if job.kl_target is not None and job.kl_target <= 0:
+        problems.append("kl_target: must be > 0")
+    if job.ptx.coef < 0:
+        problems.append("ptx.coef: must be >= 0")
+    if job.ptx.coef > 0 and not job.ptx.table:
+        problems.append("ptx.table: name the pretraining text table of the ptx term")
+    return problems + job.sampling.problems()
+
+
+@dataclass(kw_only=True)
+class BestOfNConfig(JobConfig):
+    """``lake train bon``: rejection-sampling rounds (Llama 2): sample N answers per prompt from the policy, keep
+    the reward model's best, keep the best of all rounds so far, fine-tune on them; the next round samples from
+    the fine-tuned model."""
+
+    name: str = ""  # the fine-tuned model's registered name (one version per round)
+    base: str = ""  # models:/NAME/V of the SFT policy of round 1
+    reward_model: str = ""
+    data: ChatDataConfig = field(default_factory=ChatDataConfig)  # prompts: conversations up to the last answer
+    table: str = "sft.best_of_n"  # the kept samples: prompt, answer, score, round, policy, reward model
+    n: int = 4  # samples per prompt
+    rounds: int = 2
+    max_prompts: int = 64  # prompts per round (the first by hash order)
+    seq_len: int = 256
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=48, temperature=1.0))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=0.0, max_steps=20))
+    scaling: ScalingSection = field(default_factory=ScalingSection)
+
+    def validate(self) -> BestOfNConfig:
+        problems = _post_problems(self, "sft.examples")
+        if not self.reward_model.startswith("models:/"):
+            problems.append("reward_model: give the reward model as models:/NAME/VERSION")
+        for key in ("n", "rounds", "max_prompts"):
+            if getattr(self, key) < 1:
+                problems.append(f"{key}: must be at least 1")
+        problems += self.sampling.problems()
         if problems:
             raise UsageError("; ".join(problems))
         return self

@@ -4,12 +4,17 @@ once, and held-out preference metrics. The loss itself is ``training.losses.dpo_
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from catalog.attributes import attribute_table
+from training import registry
 from training.losses import dpo_loss, token_logps
 
 
@@ -22,10 +27,13 @@ class DPOBatch:
     completion_mask: torch.Tensor
     ref_logps: torch.Tensor
     n_tokens: int
+    beta: float = 0.1  # the objective's settings travel with the batch (the loop's loss hook sees only the batch)
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0
 
     def to(self, device: torch.device) -> DPOBatch:
-        return DPOBatch(self.input_ids.to(device), self.completion_mask.to(device), self.ref_logps.to(device),
-                        self.n_tokens)  # fmt: skip
+        moved = (self.input_ids.to(device), self.completion_mask.to(device), self.ref_logps.to(device))
+        return dataclasses.replace(self, input_ids=moved[0], completion_mask=moved[1], ref_logps=moved[2])
 
     @property
     def answer_tokens(self) -> torch.Tensor:
@@ -119,3 +127,107 @@ def preference_metrics(model, pairs: Sequence[dict], refs, pad_id: int, beta: fl
             sums[key] = sums.get(key, 0.0) + float(value) * len(chunk)
     model.train(was_training)
     return {f"val/{key}": value / max(len(pairs), 1) for key, value in sums.items()}
+
+
+# ---- the `lake train dpo` stage ----------------------------------------------------------------------------------
+REF_LABELER = "ref_logps"  # the preference table's attribute table of reference log-probs: NS.TABLE__ref_logps
+
+
+def prepare_dpo(cfg, lake, job, template, base_ref):
+    """Driver: encode the pairs, then attach each pair's reference log-probs, read from the preference table's
+    ``__ref_logps`` attribute table when this reference (model, template, seq_len) already scored them, computed
+    (and stored) otherwise: once per reference and snapshot, reused by every later DPO run."""
+    from training.data import is_held_out, read_rows, resolve_source
+    from training.posttrain import Prepared
+
+    d = job.data
+    source = resolve_source(lake, d.table, where=d.where, as_of=d.as_of, text_column="chosen",
+                            id_column=d.id_column)  # fmt: skip
+    pairs, skipped = [], Counter()
+    for row in read_rows(lake, source, ["prompt", "chosen", "rejected"]):
+        encoded = encode_preference(template, row["prompt"] or [], row["chosen"], row["rejected"], job.seq_len)
+        if isinstance(encoded, str):
+            skipped[encoded] += 1
+        else:
+            pairs.append({"id": str(row[source.id_column])} | encoded)
+    reference = job.reference or job.base
+    refs, attr_snapshot = stored_reference_logps(cfg, lake, source, reference, template, job.seq_len, pairs)
+    for pair in pairs:
+        pair["ref"] = refs[pair["id"]]
+    train = [p for p in pairs if not is_held_out(p["id"], d.val_fraction)]
+    val = [p for p in pairs if is_held_out(p["id"], d.val_fraction)]
+    tags = {registry.TAG_REFERENCE: reference,
+            TAG_REF_LOGPS: f"{attribute_table(d.table, REF_LABELER)}@{attr_snapshot}"}  # fmt: skip
+    return Prepared(train, val, skipped, [source], tags=tags)
+
+
+TAG_REF_LOGPS = "lake.ref_logps"  # NS.TABLE__ref_logps@SNAPSHOT: the stored reference log-probs a run read
+
+
+def stored_reference_logps(cfg, lake, source, reference: str, template, seq_len: int, pairs: list[dict]):
+    """``{pair id: [chosen, rejected]}`` under the frozen reference for every encoded pair, and the attribute
+    table snapshot holding them. Only pairs without a stored value are scored (a new snapshot's pairs); a different
+    reference, template or ``seq_len`` (other answers, other truncation) replaces the table."""
+    import pyarrow as pa
+
+    from catalog.attributes import ensure_attribute_table, label_state, write_labels
+    from training.checkpoint import load_pretrained
+    from training.posttrain import load_base
+
+    ref_ref, ref_dir = load_base(cfg, reference)
+    template_json = json.dumps(dataclasses.asdict(template.cfg), sort_keys=True, ensure_ascii=False)
+    version = f"{ref_ref.uri} seq_len={seq_len} template={registry.short_digest(template_json)}"
+    fields = [pa.field("ref_chosen_logp", pa.float64()), pa.field("ref_rejected_logp", pa.float64())]
+    ensure_attribute_table(lake, source.table, REF_LABELER, fields, version)
+    ident = attribute_table(source.table, REF_LABELER)
+    state = label_state(lake, source.table, REF_LABELER)
+    stored: dict[str, list[float]] = {}
+    if state.version == version:
+        for row in lake.read(ident, columns=("doc_id", "ref_chosen_logp", "ref_rejected_logp")).to_pylist():
+            stored[row["doc_id"]] = [row["ref_chosen_logp"], row["ref_rejected_logp"]]
+    missing = [p for p in pairs if p["id"] not in stored]
+    if missing:
+        model, _ = load_pretrained(ref_dir, dtype=torch.float32)
+        values = reference_logps(model, missing, template.tok.pad_id)
+        rows = pa.table({"doc_id": [p["id"] for p in missing], "ref_chosen_logp": [v[0] for v in values],
+                         "ref_rejected_logp": [v[1] for v in values]})  # fmt: skip
+        write_labels(lake, source.table, REF_LABELER, rows, version=version, source_snapshot=source.snapshot_id,
+                     run_id="", replace=state.version not in (None, version))  # fmt: skip
+        stored.update({p["id"]: v for p, v in zip(missing, values, strict=True)})
+    return stored, lake.resolve_snapshot(ident, None)
+
+
+def dpo_batches(ctx, start: int):
+    from training.posttrain import epoch_groups
+
+    job, pad, b = ctx.job, ctx.special["pad"], ctx.job.optim.batch_size
+    for group in epoch_groups(ctx, start, lambda items: [items[i : i + b] for i in range(0, len(items) - b + 1, b)]):
+        batch = pair_batch(group, pad, [p["ref"] for p in group])
+        yield dataclasses.replace(batch, beta=job.beta, loss_type=job.loss, label_smoothing=job.label_smoothing)
+
+
+def dpo_loss_fn(model, batch: DPOBatch):
+    loss, metrics = dpo_batch_loss(model, batch, batch.beta, batch.loss_type, batch.label_smoothing)
+    return loss, batch.n_tokens, {f"train/{key}": value for key, value in metrics.items()}
+
+
+def dpo_validate(model, ctx) -> dict[str, float]:
+    val = ctx.plan["val"]
+    return preference_metrics(model, val, [p["ref"] for p in val], ctx.special["pad"], ctx.job.beta, ctx.job.loss,
+                              device=ctx.device)  # fmt: skip
+
+
+def dpo_figures(before: dict, after: dict, held_out: int) -> str:
+    return (
+        f"held-out margin {before['val/rewards/margins']:.3f} -> {after['val/rewards/margins']:.3f}, accuracy "
+        f"{before['val/rewards/accuracies']:.3f} -> {after['val/rewards/accuracies']:.3f} on {held_out} pairs"
+    )
+
+
+def dpo_stage():
+    from training.config import DPOConfig
+    from training.posttrain import Stage, build_lm
+
+    return Stage(DPOConfig, prepare_dpo, build_lm, dpo_batches, dpo_loss_fn, dpo_validate, dpo_figures,
+                 curves=("train/loss", "val/loss", "val/rewards/margins", "val/rewards/accuracies"),
+                 curve_label="loss / margin / accuracy")  # fmt: skip

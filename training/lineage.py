@@ -1,7 +1,8 @@
 """``lake lineage MODEL_URI``: from a registered version back to the raw inputs its data came from.
 
 The walk, nearest first: the model version, the MLflow run that made it, its tokenizer (walked the same way) and
-parent model (later stages), the catalog snapshot it trained on (or the ``mix`` it trained on, then the source
+parent model (later stages), the reward model and frozen reference it was optimised with (DPO, PPO, GRPO,
+best-of-N), the catalog snapshot it trained on (or the ``mix`` it trained on, then the source
 snapshots that mix sampled), the ``lake.runs`` pipeline runs (ingest, import, dedup) that built that snapshot or
 one of its ancestors, and their raw inputs (URI and content digest).
 """
@@ -90,8 +91,9 @@ def lineage(cfg: LakeConfig, model_uri: str) -> list[dict[str, Any]]:
         tags = ref.tags
         for item in registry.datasets_of(tags):
             pending.append(lambda d=item: walk_snapshot(d["table"], int(d["snapshot_id"]), d["predicate"]))
-        if tags.get(registry.TAG_PARENT):
-            pending.append(lambda: walk_version(tags[registry.TAG_PARENT]))
+        for related in (registry.TAG_PARENT, registry.TAG_REWARD_MODEL, registry.TAG_REFERENCE):
+            if tags.get(related):  # the model it came from, the reward model it was optimised for, its reference
+                pending.append(lambda uri=tags[related]: walk_version(uri))
         if tags.get(registry.TAG_TOKENIZER):
             pending.append(lambda: walk_version(tags[registry.TAG_TOKENIZER], "tokenizer"))
 

@@ -2,7 +2,9 @@
 the loop owns accumulation, clipping, the schedule, precision, validation, checkpoints and throughput figures.
 
 Stage hooks (all plain callables):
-- ``loss_fn(model, batch) -> (loss, n_tokens)``: the stage's objective on one micro-batch (``training.losses``);
+- ``loss_fn(model, batch) -> (loss, n_tokens[, metrics])``: the stage's objective on one micro-batch
+  (``training.losses``), optionally with the stage's own figures (DPO rewards, PPO KL…), averaged over the
+  step's micro-batches;
 - ``validate_fn(model) -> dict``: held-out metrics, run every ``eval_every`` steps and at the end;
 - ``checkpoint_fn(step, metrics)``: persist model + optimizer + data position (every ``checkpoint_every`` steps
   and at the end);
@@ -27,7 +29,7 @@ from training.optim import lr_at
 # dense bf16 peak of common accelerators, for MFU (FLOP/s)
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
 
-LossFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, int]]
+LossFn = Callable[[torch.nn.Module, Any], tuple]
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -79,6 +81,7 @@ class Trainer:
             started = time.perf_counter()
             wait = 0.0
             loss_sum, tokens = 0.0, 0
+            stage_metrics: dict[str, float] = {}
             for _ in range(cfg.grad_accum):
                 t0 = time.perf_counter()
                 batch = next(batches, None)
@@ -86,8 +89,10 @@ class Trainer:
                 if batch is None:
                     return self._finish("data exhausted")
                 with autocast_for(self.device, cfg.precision):
-                    loss, n_tokens = self.loss_fn(self.model, batch)
+                    loss, n_tokens, *extra = self.loss_fn(self.model, batch)
                 (loss / cfg.grad_accum).backward()
+                for key, value in (extra[0] if extra else {}).items():
+                    stage_metrics[key] = stage_metrics.get(key, 0.0) + float(value) / cfg.grad_accum
                 loss_sum += loss.item()
                 tokens += n_tokens
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -106,6 +111,7 @@ class Trainer:
                 "train/data_wait_frac": wait / seconds,
                 "train/step_s": seconds,
                 "train/tokens": float(self.state.tokens),
+                **stage_metrics,
             }
             if peak and self.flops_per_token:
                 metrics["train/mfu"] = self.flops_per_token * tokens / seconds / peak

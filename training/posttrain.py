@@ -25,7 +25,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from catalog.store import Lakehouse
 from lake.config import LakeConfig
 from lake.errors import LakeError, UsageError
 from training import registry, runs
+from training.chat import TemplateConfig
 from training.config import RewardConfig, SFTConfig, from_dict
 from training.data import SnapshotSource, is_held_out, read_rows, resolve_source, row_hash
 
@@ -61,14 +62,9 @@ class PosttrainResult:
         if self.already_registered:
             return f"already trained: {self.model_uri} (run {self.run_id}); nothing to do"
         skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items())) or "none"
-        if self.stage == "sft":
-            figures = f"held-out answer loss {self.before['val/loss']:.3f} -> {self.after['val/loss']:.3f}"
-        else:
-            a = self.after
-            figures = (
-                f"held-out accuracy {a['val/accuracy']:.3f} [{a['val/accuracy_ci_low']:.3f}, "
-                f"{a['val/accuracy_ci_high']:.3f}] on {self.held_out} pairs, mean margin {a['val/margin']:.3f}"
-            )
+        from training.stages import STAGES
+
+        figures = STAGES[self.stage].figures(self.before, self.after, self.held_out)
         return (
             f"{self.stage}: {self.steps} steps on {self.examples} examples in {self.seconds:.1f}s, {figures}; "
             f"skipped: {skipped}; registered {self.model_uri}"
@@ -76,50 +72,69 @@ class PosttrainResult:
 
 
 # ---- driver ------------------------------------------------------------------------------------------------------
+@dataclass
+class Prepared:
+    """What a stage's driver side hands to the common run: encoded examples, what it read and extra plan items."""
+
+    train: list[dict]
+    val: list[dict]
+    skipped: Counter
+    sources: list[SnapshotSource]
+    plan: dict[str, Any] = dataclasses.field(default_factory=dict)  # more worker inputs (frozen models' files…)
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)  # more lineage tags
+
+
 def run_sft(cfg: LakeConfig, job: SFTConfig, progress: bool = True) -> PosttrainResult:
-    return _run_stage(cfg, job, "sft", progress)
+    return run_stage(cfg, job, "sft", progress)
 
 
 def run_reward(cfg: LakeConfig, job: RewardConfig, progress: bool = True) -> PosttrainResult:
-    return _run_stage(cfg, job, "reward", progress)
+    return run_stage(cfg, job, "reward", progress)
 
 
-def _run_stage(cfg: LakeConfig, job: SFTConfig | RewardConfig, stage: str, progress: bool) -> PosttrainResult:
-    started = time.time()
-    lake = Lakehouse.from_config(cfg)
-    base_ref = registry.resolve(cfg, job.base)
-    if base_ref.tags.get(registry.TAG_KIND) != "model":
-        raise UsageError(f"{job.base} is not a language model (registered by `lake train pretrain` or `sft`)")
-    base_dir = registry.download(cfg, base_ref, cfg.home / "cache" / "models")
+def load_base(cfg: LakeConfig, uri: str):
+    """A registered language model (pretrain/SFT/… stage) and its local folder."""
+    ref = registry.resolve(cfg, uri)
+    if ref.tags.get(registry.TAG_KIND) != "model" or ref.tags.get(registry.TAG_STAGE) == "reward":
+        raise UsageError(f"{uri} is not a language model (registered by `lake train pretrain`, `sft`, `dpo`, …)")
+    return ref, registry.download(cfg, ref, cfg.home / "cache" / "models")
+
+
+def template_of(ref) -> TemplateConfig:
+    """The chat template a model was fine-tuned with (its tag); the default one for a pretrained base."""
+    return from_dict(TemplateConfig, json.loads(ref.tags.get(TAG_TEMPLATE) or "{}"))
+
+
+def run_stage(
+    cfg: LakeConfig, job, stage: str, progress: bool = True, tags: dict[str, str] | None = None
+) -> PosttrainResult:
+    """The driver of every post-training stage: resolve the base model, let the stage read and encode its data
+    (``STAGES[stage].prepare``), find or create the MLflow run (a finished one registers nothing new), train with
+    Ray Train and register the result with its lineage tags (and ``tags``: the caller's, e.g. best-of-N's)."""
     from training.chat import ChatTemplate
     from training.tokenizer import load_tokenizer
 
+    started = time.time()
+    lake = Lakehouse.from_config(cfg)
+    base_ref, base_dir = load_base(cfg, job.base)
     tokenizer = load_tokenizer(base_dir)
-    template = ChatTemplate(job.template, tokenizer)
-    d = job.data
-    text_column = "messages" if stage == "sft" else "chosen"
-    source = resolve_source(lake, d.table, where=d.where, as_of=d.as_of, text_column=text_column,
-                            id_column=d.id_column)  # fmt: skip
-    sources = [source]
-    if stage == "sft":
-        train, val, skipped = encode_sft(lake, source, template, job.seq_len, d.val_fraction)
-        if job.mix.fraction > 0:
-            m = job.mix
-            mix_source = resolve_source(lake, m.table, where=m.where, as_of=m.as_of, text_column=m.text_column)
-            sources.append(mix_source)
-            train += mix_examples(lake, mix_source, tokenizer, job.seq_len, job.mix.fraction, len(train))
-    else:
-        train, val, skipped = encode_pairs(lake, source, template, job.seq_len, d.val_fraction)
+    template_cfg = getattr(job, "template", None) or template_of(base_ref)
+    template = ChatTemplate(template_cfg, tokenizer)
+    from training.stages import STAGES
+
+    stage_fns = STAGES[stage]
+    prepared = stage_fns.prepare(cfg, lake, job, template, base_ref)
+    train, val, skipped = prepared.train, prepared.val[: job.data.val_max_examples], prepared.skipped
     if not train or not val:
         raise UsageError(
-            f"{d.table}: {len(train)} training and {len(val)} held-out examples after skipping "
+            f"{job.data.table}: {len(train)} training and {len(val)} held-out examples after skipping "
             f"{dict(skipped) or 'nothing'}; widen the predicate, raise seq_len or change data.val_fraction"
         )
-    val = val[: d.val_max_examples]
-
+    sources = prepared.sources
     snapshots = "-".join(str(s.snapshot_id) for s in sources)
     run_key = f"{job.name}-{job.digest()}-{registry.short_digest(snapshots + base_ref.uri)}"
-    tags = stage_tags(job, stage, sources, base_ref) | {TAG_SKIPPED: json.dumps(dict(sorted(skipped.items())))}
+    tags = stage_tags(template_cfg, stage, sources, base_ref) | prepared.tags | (tags or {})
+    tags[TAG_SKIPPED] = json.dumps(dict(sorted(skipped.items())))
     params = job.as_flat_params() | {f"skipped.{k}": v for k, v in skipped.items()}
     params |= {"examples.train": len(train), "examples.held_out": len(val)}
     run_id, finished = runs.find_or_create_run(cfg, run_key, f"{stage} {job.name}", params, tags, sources)
@@ -139,13 +154,14 @@ def _run_stage(cfg: LakeConfig, job: SFTConfig | RewardConfig, stage: str, progr
     plan = {
         "stage": stage,
         "job": dataclasses.asdict(job),
+        "template": dataclasses.asdict(template_cfg),
         "base_files": runs.folder_bytes(base_dir),
         "train": train,
         "val": val,
         "mlflow_uri": cfg.mlflow_uri_effective,
         "run_id": run_id,
         "events": events,
-    }
+    } | prepared.plan
     trainer = runs.torch_trainer(cfg, posttrain_worker, plan, run_key, job.scaling)
     result, _ = runs.fit_with_progress(trainer, events, job.optim.max_steps, progress, desc=stage)
     mlflow_client = registry.client(cfg)
@@ -159,15 +175,14 @@ def _run_stage(cfg: LakeConfig, job: SFTConfig | RewardConfig, stage: str, progr
         final = state["final_metrics"]
         figures = {k: v for k, v in final.items() if k.startswith("val/")}
         ref = runs.publish_model(cfg, job.name, run_id, Path(ckpt), tags | {"lake.steps": state["step"]} | figures)
-    keys = ("train/loss", "val/loss") if stage == "sft" else ("train/loss", "val/loss", "val/accuracy")
-    runs.log_loss_curve(mlflow_client, run_id, keys, ylabel="loss / accuracy")
+    runs.log_loss_curve(mlflow_client, run_id, stage_fns.curves, ylabel=stage_fns.curve_label)
     mlflow_client.set_terminated(run_id, status="FINISHED")
     ray.kill(events.actor)
     return PosttrainResult(stage, ref.uri, run_id, state["step"], len(train), len(val), dict(skipped),
                            state["before"], figures, time.time() - started)  # fmt: skip
 
 
-def stage_tags(job, stage: str, sources: list[SnapshotSource], base_ref) -> dict[str, str]:
+def stage_tags(template: TemplateConfig, stage: str, sources: list[SnapshotSource], base_ref) -> dict[str, str]:
     """Lineage: the parent model version, its tokenizer, the snapshots read and the chat template."""
     return registry.dataset_tags(sources) | {
         registry.TAG_KIND: "model",
@@ -175,8 +190,30 @@ def stage_tags(job, stage: str, sources: list[SnapshotSource], base_ref) -> dict
         registry.TAG_PARENT: base_ref.uri,
         registry.TAG_TOKENIZER: base_ref.tags.get(registry.TAG_TOKENIZER, ""),
         registry.TAG_COMMIT: registry.code_commit(),
-        TAG_TEMPLATE: json.dumps(dataclasses.asdict(job.template), ensure_ascii=False, sort_keys=True),
+        TAG_TEMPLATE: json.dumps(dataclasses.asdict(template), ensure_ascii=False, sort_keys=True),
     }
+
+
+def prepare_sft(cfg: LakeConfig, lake: Lakehouse, job: SFTConfig, template, base_ref) -> Prepared:
+    d = job.data
+    source = resolve_source(lake, d.table, where=d.where, as_of=d.as_of, text_column="messages",
+                            id_column=d.id_column)  # fmt: skip
+    train, val, skipped = encode_sft(lake, source, template, job.seq_len, d.val_fraction)
+    sources = [source]
+    if job.mix.fraction > 0 and train:
+        m = job.mix
+        mix_source = resolve_source(lake, m.table, where=m.where, as_of=m.as_of, text_column=m.text_column)
+        sources.append(mix_source)
+        train += mix_examples(lake, mix_source, template.tok, job.seq_len, job.mix.fraction, len(train))
+    return Prepared(train, val, skipped, sources)
+
+
+def prepare_reward(cfg: LakeConfig, lake: Lakehouse, job: RewardConfig, template, base_ref) -> Prepared:
+    d = job.data
+    source = resolve_source(lake, d.table, where=d.where, as_of=d.as_of, text_column="chosen",
+                            id_column=d.id_column)  # fmt: skip
+    train, val, skipped = encode_pairs(lake, source, template, job.seq_len, d.val_fraction)
+    return Prepared(train, val, skipped, [source])
 
 
 def encode_sft(lake: Lakehouse, source: SnapshotSource, template, seq_len: int, val_fraction: float):
@@ -227,20 +264,43 @@ def mix_examples(lake: Lakehouse, source: SnapshotSource, tokenizer, seq_len: in
 
 
 # ---- worker ------------------------------------------------------------------------------------------------------
+@dataclass
+class StageContext:
+    """What a stage's worker hooks see: the plan, the job, special token ids, this worker's place, the trainable
+    module (unwrapped), frozen models the stage loads (``extras``) and the stage's own resumable state."""
+
+    plan: dict[str, Any]
+    job: Any
+    special: dict[str, int]
+    device: torch.device
+    rank: int
+    world: int
+    model: torch.nn.Module
+    extras: dict[str, Any] = dataclasses.field(default_factory=dict)
+    state: dict[str, Any] = dataclasses.field(default_factory=dict)  # JSON; saved with every checkpoint
+
+    def folder(self, key: str, prefix: str) -> Path:
+        """A model folder shipped in the plan (``key``: its files as bytes), written locally once."""
+        if key not in self.extras:
+            self.extras[key] = runs.write_folder(self.plan[key], prefix)
+        return self.extras[key]
+
+
 def posttrain_worker(plan: dict[str, Any]) -> None:
-    """Ray Train's per-worker function for both stages: build, restore, train, checkpoint."""
+    """Ray Train's per-worker function for every stage: build, restore, train, checkpoint."""
     import ray.train
     import ray.train.torch
     from safetensors.torch import load_model, save_model
 
     from training.checkpoint import save_pretrained
     from training.loop import LoopState, Trainer
-    from training.lora import merged
     from training.optim import build_optimizer
+    from training.stages import STAGES
     from training.state import load_training_state, save_training_state
 
     stage = plan["stage"]
-    job = from_dict(SFTConfig if stage == "sft" else RewardConfig, plan["job"])
+    stage_fns = STAGES[stage]
+    job = from_dict(stage_fns.config, plan["job"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -250,7 +310,7 @@ def posttrain_worker(plan: dict[str, Any]) -> None:
     # the tokenizer travels with every export; the template lives in the model's tags, not in a jinja file
     tokenizer_files = {k: v for k, v in plan["base_files"].items() if k.startswith(("tokenizer", "special_tokens"))}
     tok_dir = runs.write_folder(tokenizer_files, "lake-tok-")
-    model, model_cfg, special = build_model(stage, base_dir, job)
+    model, model_cfg, special = stage_fns.build(base_dir, job, plan)
     resume_dir = runs.restore_checkpoint()
     if resume_dir is not None:
         load_model(model, str(resume_dir / TRAIN_WEIGHTS), strict=True)
@@ -263,14 +323,15 @@ def posttrain_worker(plan: dict[str, Any]) -> None:
         loop_state = LoopState(step=saved["step"], tokens=saved["tokens"])
     else:
         torch.manual_seed(job.optim.seed + rank)
+    stage_ctx = StageContext(plan, job, special, device, rank, world, model, state=saved.get("stage_state") or {})
+    if stage_fns.setup is not None:
+        stage_fns.setup(stage_ctx)
 
-    stage_fns = STAGES[stage]
     start = loop_state.step * job.optim.grad_accum
-    batches = (b.to(device) for b in stage_fns.batches(plan["train"], job, special, start, rank, world))
-    val = plan["val"]
+    batches = (b.to(device) for b in stage_fns.batches(stage_ctx, start))
 
     def validate(m) -> dict[str, float]:
-        return stage_fns.validate(m, val, job, special, device)
+        return stage_fns.validate(m, stage_ctx)
 
     metrics_log = runs.MetricsLog(plan["mlflow_uri"], plan["run_id"], rank)
     before = saved.get("before") or {}
@@ -282,10 +343,10 @@ def posttrain_worker(plan: dict[str, Any]) -> None:
         def write(folder: Path) -> None:
             if rank != 0:
                 return
-            state = {"step": step, "tokens": loop_state.tokens, "before": before, "final_metrics": metrics}
-            export = merged(model)  # LoRA adapters folded in: the same HF layout as the base model
-            save_pretrained(export, model_cfg, folder, tok_dir, **special_kwargs(special))
-            save_model(model, str(folder / TRAIN_WEIGHTS))  # the trainable module as is (LoRA included): resume
+            state = {"step": step, "tokens": loop_state.tokens, "before": before, "final_metrics": metrics,
+                     "stage_state": stage_ctx.state}  # fmt: skip
+            save_pretrained(stage_fns.export(model), model_cfg, folder, tok_dir, **special_kwargs(special))
+            save_model(model, str(folder / TRAIN_WEIGHTS))  # the trainable module as is (LoRA, critic…): resume
             save_training_state(folder, optimizer, state)
             metrics_log.flush()
 
@@ -312,31 +373,52 @@ def posttrain_worker(plan: dict[str, Any]) -> None:
 TRAIN_WEIGHTS = "train_weights.safetensors"
 
 
+def merged_export(model: torch.nn.Module) -> torch.nn.Module:
+    """LoRA adapters folded in: the same HF layout as the base model."""
+    from training.lora import merged
+
+    return merged(model)
+
+
 def special_kwargs(special: dict[str, int]) -> dict[str, int]:
     return {"bos_token_id": special["bos"], "eos_token_id": special["eos"], "pad_token_id": special["pad"]}
 
 
-def build_model(stage: str, base_dir: Path, job):
-    """The stage's model from the base checkpoint: the LM itself (SFT) or its backbone under a fresh scalar head
-    (reward), LoRA-wrapped when ``lora.rank`` > 0."""
+def load_lm(base_dir: Path):
+    """The base checkpoint as a trainable fp32 ``LlamaModel``, its config and its special token ids."""
     from training.checkpoint import load_pretrained
-    from training.lora import apply_lora
-    from training.model import RewardModel
 
     hf = json.loads((base_dir / "config.json").read_text())
     special = {"bos": hf.get("bos_token_id"), "eos": hf.get("eos_token_id"), "pad": hf.get("pad_token_id")}
     lm, model_cfg = load_pretrained(base_dir, dtype=torch.float32)
-    if stage == "sft":
-        model = lm
-    else:
-        model = RewardModel(model_cfg, pad_id=special["pad"], seed=job.optim.seed)
-        model.model.load_state_dict(lm.model.state_dict())
+    return lm, model_cfg, special
+
+
+def build_lm(base_dir: Path, job, plan: dict):
+    """SFT, DPO, GRPO: the LM itself, LoRA-wrapped when the job has ``lora.rank`` > 0."""
+    from training.lora import apply_lora
+
+    model, model_cfg, special = load_lm(base_dir)
+    lora = getattr(job, "lora", None)
+    if lora is not None and lora.rank:
+        model = apply_lora(model, lora)
+    model.train()
+    return model, model_cfg, special
+
+
+def build_reward(base_dir: Path, job, plan: dict):
+    """The base backbone under a fresh scalar head (LoRA-wrapped when ``lora.rank`` > 0; the head always learns)."""
+    from training.lora import apply_lora
+    from training.model import RewardModel
+
+    lm, model_cfg, special = load_lm(base_dir)
+    model = RewardModel(model_cfg, pad_id=special["pad"], seed=job.optim.seed)
+    model.model.load_state_dict(lm.model.state_dict())
     if job.lora.rank:
         model = apply_lora(model, job.lora)
-        if stage == "reward":  # the fresh head must learn, not only the adapters
-            for name, param in model.named_parameters():
-                if name.endswith("score.weight"):
-                    param.requires_grad_(True)
+        for name, param in model.named_parameters():
+            if name.endswith("score.weight"):
+                param.requires_grad_(True)
     model.train()
     return model, model_cfg, special
 
@@ -347,23 +429,31 @@ def epoch_order(items: list[dict], seed: int, epoch: int) -> list[dict]:
     return sorted(items, key=lambda item: row_hash(item["id"], f"shuffle{seed}-{epoch}"))
 
 
-def sft_batches(items, job: SFTConfig, special, start: int, rank: int, world: int) -> Iterator:
-    """Micro-batches forever (epoch after epoch), this rank's share, skipping the first ``start`` (a resume)."""
-    from training.chat import Encoded, pack_rows, pad_rows, stack_rows
-
-    index, epoch, b = 0, 0, job.optim.batch_size
+def epoch_groups(ctx: StageContext, start: int, groups_of: Callable[[list[dict]], list]) -> Iterator:
+    """Micro-batches forever (epoch after epoch, each in its seeded order), this rank's share, skipping the first
+    ``start`` (a resume); ``groups_of`` turns one epoch's ordered examples into its micro-batches."""
+    index, epoch = 0, 0
     while True:
-        examples = [Encoded(it["ids"], it["mask"]) for it in epoch_order(items, job.optim.seed, epoch)]
-        if job.packing:
-            rows = pack_rows(examples, job.seq_len, special["pad"])
-            groups = [stack_rows(rows[i : i + b]) for i in range(0, len(rows) - b + 1, b)]
-        else:
-            groups = [pad_rows(examples[i : i + b], special["pad"]) for i in range(0, len(examples) - b + 1, b)]
-        for group in groups[rank::world]:
+        for group in groups_of(epoch_order(ctx.plan["train"], ctx.job.optim.seed, epoch))[ctx.rank :: ctx.world]:
             if index >= start:
                 yield group
             index += 1
         epoch += 1
+
+
+def sft_batches(ctx: StageContext, start: int) -> Iterator:
+    from training.chat import Encoded, pack_rows, pad_rows, stack_rows
+
+    job, pad, b = ctx.job, ctx.special["pad"], ctx.job.optim.batch_size
+
+    def groups_of(items: list[dict]) -> list:
+        examples = [Encoded(it["ids"], it["mask"]) for it in items]
+        if job.packing:
+            rows = pack_rows(examples, job.seq_len, pad)
+            return [stack_rows(rows[i : i + b]) for i in range(0, len(rows) - b + 1, b)]
+        return [pad_rows(examples[i : i + b], pad) for i in range(0, len(examples) - b + 1, b)]
+
+    return epoch_groups(ctx, start, groups_of)
 
 
 def sft_loss_fn(model, batch) -> tuple[torch.Tensor, int]:
@@ -385,15 +475,16 @@ def sft_loss_fn(model, batch) -> tuple[torch.Tensor, int]:
 
 
 @torch.no_grad()
-def sft_validate(model, items, job, special, device) -> dict[str, float]:
+def sft_validate(model, ctx: StageContext) -> dict[str, float]:
     """Held-out answer loss: mean NLL over every answer token (and its EOS) of the held-out examples."""
     from training.chat import Encoded, pad_rows
     from training.losses import IGNORE_INDEX
 
     model.eval()
-    total, count = 0.0, 0
+    items, total, count = ctx.plan["val"], 0.0, 0
     for i in range(0, len(items), 16):
-        batch = pad_rows([Encoded(it["ids"], it["mask"]) for it in items[i : i + 16]], special["pad"]).to(device)
+        batch = pad_rows([Encoded(it["ids"], it["mask"]) for it in items[i : i + 16]], ctx.special["pad"])
+        batch = batch.to(ctx.device)
         logits = model(batch.input_ids)[:, :-1].float()
         targets = batch.labels[:, 1:]
         nll = torch.nn.functional.cross_entropy(
@@ -415,20 +506,14 @@ class PairBatch:
         return PairBatch(self.input_ids.to(device), self.margin, self.n_tokens)
 
 
-def reward_batches(items, job: RewardConfig, special, start: int, rank: int, world: int) -> Iterator:
+def reward_batches(ctx: StageContext, start: int) -> Iterator:
     from training.chat import pad_pairs
 
-    index, epoch, b = 0, 0, job.optim.batch_size
-    while True:
-        ordered = epoch_order(items, job.optim.seed, epoch)
-        groups = [ordered[i : i + b] for i in range(0, len(ordered) - b + 1, b)]
-        for group in groups[rank::world]:
-            if index >= start:
-                pairs = [(it["chosen"], it["rejected"]) for it in group]
-                n_tokens = sum(len(c) + len(r) for c, r in pairs)
-                yield PairBatch(pad_pairs(pairs, special["pad"]), job.margin, n_tokens)
-            index += 1
-        epoch += 1
+    b = ctx.job.optim.batch_size
+    for group in epoch_groups(ctx, start, lambda items: [items[i : i + b] for i in range(0, len(items) - b + 1, b)]):
+        pairs = [(it["chosen"], it["rejected"]) for it in group]
+        n_tokens = sum(len(c) + len(r) for c, r in pairs)
+        yield PairBatch(pad_pairs(pairs, ctx.special["pad"]), ctx.job.margin, n_tokens)
 
 
 def reward_loss_fn(model, batch: PairBatch) -> tuple[torch.Tensor, int]:
@@ -486,23 +571,45 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def reward_validate(model, items, job, special, device) -> dict[str, float]:
-    pairs = [(it["chosen"], it["rejected"]) for it in items]
-    chosen, rejected = score_pairs(model, pairs, special["pad"], device=device)
-    return pair_metrics(chosen, rejected, job.margin)
+def reward_validate(model, ctx: StageContext) -> dict[str, float]:
+    pairs = [(it["chosen"], it["rejected"]) for it in ctx.plan["val"]]
+    chosen, rejected = score_pairs(model, pairs, ctx.special["pad"], device=ctx.device)
+    return pair_metrics(chosen, rejected, ctx.job.margin)
+
+
+def sft_figures(before: dict, after: dict, held_out: int) -> str:
+    return f"held-out answer loss {before['val/loss']:.3f} -> {after['val/loss']:.3f}"
+
+
+def reward_figures(before: dict, after: dict, held_out: int) -> str:
+    return (
+        f"held-out accuracy {after['val/accuracy']:.3f} [{after['val/accuracy_ci_low']:.3f}, "
+        f"{after['val/accuracy_ci_high']:.3f}] on {held_out} pairs, mean margin {after['val/margin']:.3f}"
+    )
 
 
 @dataclass(frozen=True)
 class Stage:
-    batches: Any
-    loss: Any
-    validate: Any
+    """A post-training stage for the one driver (``run_stage``) and the one worker (``posttrain_worker``)."""
+
+    config: type
+    prepare: Callable[..., Prepared]  # driver: read and encode the data (cfg, lake, job, template, base_ref)
+    build: Callable  # worker: (base_dir, job, plan) -> (trainable module, model config, special ids)
+    batches: Callable[[StageContext, int], Iterator]
+    loss: Callable  # (model, batch) -> (loss, n_tokens[, metrics])
+    validate: Callable[[torch.nn.Module, StageContext], dict[str, float]]
+    figures: Callable[[dict, dict, int], str]  # the summary line's held-out figures (before, after, held out)
+    export: Callable[[torch.nn.Module], torch.nn.Module] = merged_export  # what is registered
+    setup: Callable[[StageContext], None] | None = None  # worker: load frozen models, restore stage state
+    curves: tuple[str, ...] = ("train/loss", "val/loss")  # loss.png
+    curve_label: str = "loss"
 
 
-STAGES: dict[str, Stage] = {
-    "sft": Stage(sft_batches, sft_loss_fn, sft_validate),
-    "reward": Stage(reward_batches, reward_loss_fn, reward_validate),
-}
+SFT = Stage(SFTConfig, prepare_sft, build_lm, sft_batches, sft_loss_fn, sft_validate, sft_figures)
+REWARD = Stage(
+    RewardConfig, prepare_reward, build_reward, reward_batches, reward_loss_fn, reward_validate, reward_figures,
+    curves=("train/loss", "val/loss", "val/accuracy"), curve_label="loss / accuracy",
+)  # fmt: skip
 
 
 # ---- evaluation --------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""``lake train tokenizer|pretrain|sft|reward``: training on catalog snapshots, tracked and registered in MLflow."""
+"""``lake train tokenizer|pretrain|sft|reward|dpo|ppo|grpo|bon``: training on catalog snapshots, in MLflow."""
 
 from __future__ import annotations
 
@@ -106,7 +106,6 @@ def pretrain_command(obj: CliContext, config_file: str, fmt: str) -> None:
         click.echo(result.summary())
 
 
-
 @train_group.command("quality-classifier")
 @click.option("--name", required=True, help="Registered model name of the classifier.")
 @click.option("--positive", multiple=True, required=True, metavar="SQL", help="Query returning high-quality `text`.")
@@ -140,13 +139,12 @@ def _posttrain_command(stage: str, summary: str):
     @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
     @pass_ctx
     def command(obj: CliContext, config_file: str, fmt: str) -> None:
-        from training.config import RewardConfig, SFTConfig, load_yaml
-        from training.posttrain import run_reward, run_sft
+        from training.config import load_yaml
+        from training.posttrain import run_stage
+        from training.stages import STAGES
 
-        if stage == "sft":
-            result = run_sft(obj.config, load_yaml(config_file, SFTConfig), progress=fmt == "table")
-        else:
-            result = run_reward(obj.config, load_yaml(config_file, RewardConfig), progress=fmt == "table")
+        job = load_yaml(config_file, STAGES[stage].config)
+        result = run_stage(obj.config, job, stage, progress=fmt == "table")
         if fmt == "json":
             emit_json(dataclasses.asdict(result))
         else:
@@ -165,5 +163,38 @@ _posttrain_command(
     "A reward model (the SFT backbone with a scalar head, pairwise loss) on preference pairs at a pinned "
     "snapshot; held-out pairwise accuracy with its 95% interval (`lake init` writes an example).",
 )
+_posttrain_command(
+    "dpo",
+    "Direct preference optimisation (sigmoid, hinge or IPO loss) of an SFT model on preference pairs against a "
+    "frozen reference whose log-probs are stored once as the pairs' `__ref_logps` attribute table.",
+)
+_posttrain_command(
+    "ppo",
+    "PPO against a registered reward model on catalog prompts: actor and critic (initialised from the reward "
+    "model), per-token KL penalty (fixed or adaptive), GAE, clipped losses and the optional PPO-ptx term.",
+)
+_posttrain_command(
+    "grpo",
+    "GRPO against a registered reward model: G samples per prompt, group-relative advantages, no critic, KL to "
+    "the reference.",
+)
+
+
+@train_group.command("bon")
+@click.argument("config_file", metavar="CONFIG.yaml", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@pass_ctx
+def bon_command(obj: CliContext, config_file: str, fmt: str) -> None:
+    """Best-of-N rejection sampling in rounds: N answers per prompt from the policy, the reward model's best kept
+    (the best of all rounds so far) in a catalog table, then SFT on them; the next round samples from that."""
+    from training.bon import run_best_of_n
+    from training.config import BestOfNConfig, load_yaml
+
+    result = run_best_of_n(obj.config, load_yaml(config_file, BestOfNConfig), progress=fmt == "table")
+    if fmt == "json":
+        emit_json(dataclasses.asdict(result))
+    else:
+        click.echo(result.summary())
+
 
 COMMANDS = [train_group]

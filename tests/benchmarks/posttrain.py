@@ -9,6 +9,11 @@ attributes), so a step is one policy forward and backward over chosen + rejected
 left-padded chat prompts, ``--new-tokens`` new tokens each (no EOS stop, so both sides produce the same count), on
 the exported checkpoint; ``generation_greedy_identical`` says whether the token ids are equal.
 
+PPO and GRPO (``--stages ppo,grpo``): our loops in process on the same tiny model (a fresh reward model as the
+critic's start and the judge), 8 prompts per rollout (GRPO: 4 samples each), ``--new-tokens`` sampled at
+temperature 1; reported: rollout tokens/s and the shares of wall time in generation, scoring and training. TRL
+removed its PPO trainer, so these have no peer line; the sampler's own ratio against ``generate`` is above.
+
 Side by side in one process, same tiny model (our ``tiny`` preset, exported in the HF Llama layout and loaded by
 transformers for TRL), same tokenizer, same examples (real Alpaca-en chat examples and HH-RLHF helpful-base pairs,
 encoded once with our chat template; TRL gets them pre-tokenised with ``assistant_masks`` / ``chosen_ids`` and
@@ -192,6 +197,53 @@ def generation_rates(ckpt: Path, cfg, prompts: list[list[int]], new_tokens: int,
     return ours_rate, hf_rate, bool(torch.equal(mine, theirs))
 
 
+def rl_figures(kind: str, root: Path, prompts: list[list[int]], special: dict, new_tokens: int, steps: int):
+    """Our PPO or GRPO loop in process (the stage's own hooks, no Ray): rollout tokens/s (sampled tokens over
+    sampling time) and the share of the run's wall time in generation, in scoring the rollout (policy,
+    reference, critic and reward-model forwards) and in training (loss, backward, optimizer)."""
+    from training.config import RLConfig
+    from training.posttrain import StageContext, build_lm
+    from training.rl import (
+        build_actor_critic,
+        grpo_loss_fn,
+        grpo_rollout,
+        ppo_loss_fn,
+        ppo_rollout,
+        rl_batches,
+        setup_rl,
+    )
+    from training.runs import folder_bytes
+
+    job = RLConfig(name="bench", base="models:/bench/1", reward_model="models:/bench-rm/1", rollout_prompts=8,
+                   group_size=4, sampling=SamplingConfig(max_new_tokens=new_tokens, temperature=1.0),
+                   optim=OptimConfig(max_steps=steps, lr=1e-5, warmup_steps=0, schedule="constant",
+                                     eval_every=10**6, checkpoint_every=10**6, log_every=10**6))  # fmt: skip
+    plan = {"train": [{"id": str(i), "prompt": p} for i, p in enumerate(prompts)],
+            "reference_files": folder_bytes(root / "lm"), "reward_files": folder_bytes(root / "rm")}  # fmt: skip
+    build, rollout, loss_fn = {"ppo": (build_actor_critic, ppo_rollout, ppo_loss_fn),
+                               "grpo": (build_lm, grpo_rollout, grpo_loss_fn)}[kind]  # fmt: skip
+    model, _, ids = build(root / "lm", job, plan)
+    ctx = StageContext(plan, job, ids, torch.device("cpu"), 0, 1, model)
+    setup_rl(ctx)
+    seen = []
+
+    def recorded(c, index):
+        experience = rollout(c, index)
+        seen.append(experience.rollout)
+        return experience
+
+    o = job.optim
+    started = time.perf_counter()
+    Trainer(model, build_optimizer(model, o, "cpu"), o, torch.device("cpu"), loss_fn).run(rl_batches(recorded)(ctx, 0))
+    total = time.perf_counter() - started
+    generate = sum(r["rl/generate_s"] for r in seen)
+    scoring = sum(r["rl/rollout_s"] for r in seen) - generate
+    return {f"{kind}_rollout_tokens_per_s": round(sum(r["rl/rollout_tokens"] for r in seen) / generate, 1),
+            f"{kind}_generation_share": round(generate / total, 3), f"{kind}_scoring_share": round(scoring / total, 3),
+            f"{kind}_training_share": round(1 - (generate + scoring) / total, 3), f"{kind}_rollouts": len(seen),
+            f"{kind}_steps": steps}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
@@ -200,7 +252,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--stages", default="sft,reward,dpo,generation")
+    parser.add_argument("--stages", default="sft,reward,dpo,generation,ppo,grpo")
     parser.add_argument("--new-tokens", dest="new_tokens", type=int, default=64)
     parser.add_argument("--prompts", type=int, default=8)
     args = parser.parse_args()
@@ -257,6 +309,11 @@ def main() -> None:
                         f"{name}_ratio": round(best[ours_key] / best[theirs_key], 3)}  # fmt: skip
     if identical:
         figures["generation_greedy_identical"] = all(identical)
+    special_ids = {"bos": tokenizer.bos_id, "eos": tokenizer.eos_id, "pad": tokenizer.pad_id}
+    rl_prompts = [p["prompt"] for p in dpo_pairs if len(p["prompt"]) + args.new_tokens <= args.seq_len]
+    for kind in ("ppo", "grpo"):
+        if kind in stages:  # one run each: these are our own figures (TRL has no PPO; see the docstring)
+            figures |= rl_figures(kind, root, rl_prompts, special_ids, args.new_tokens, args.steps)
     result = {
         "benchmark": "posttrain",
         "model": {"preset": "tiny", "params": LlamaModel(cfg).num_params(), "vocab": tokenizer.vocab_size},
