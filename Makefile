@@ -27,6 +27,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(LAKE) init $(DEMO)
 	$(LAKE) --config $(DEMO)/lake.toml import mc $(DATA)/eval/cmmlu/dev/*.csv --table eval.cmmlu_dev
+	$(LAKE) --config $(DEMO)/lake.toml import mc $(DATA)/eval/cmmlu/dev/*.csv $(DATA)/eval/cmmlu/test/a*.csv --table eval.cmmlu
 	$(LAKE) --config $(DEMO)/lake.toml import sft $(DATA)/sft/*.json $(DATA)/sft/belle/*.json* --table sft.examples
 	$(LAKE) --config $(DEMO)/lake.toml import preference $(DATA)/preference/*.json* --table pref.pairs
 	$(LAKE) --config $(DEMO)/lake.toml import text $(DATA)/text/*.txt $(DATA)/text/*.jsonl --table text.corpus
@@ -51,6 +52,14 @@ demo: $(STAMP)
 	$(LAKE) --config $(DEMO)/lake.toml train bon $(DEMO)/train/bon.yaml
 	$(LAKE) --config $(DEMO)/lake.toml train dpo $(DEMO)/train/dpo.yaml
 	$(LAKE) --config $(DEMO)/lake.toml train ppo $(DEMO)/train/ppo.yaml
+	$(LAKE) --config $(DEMO)/lake.toml eval models:/tiny-ppo/1 --suite ppl,mc,judge --limit 20 \
+		--table text.corpus --slice zh="input_uri LIKE '%peoples_daily%'" --slice en="input_uri LIKE '%c4_demo%'" \
+		--mc-table eval.cmmlu --subjects agronomy,anatomy,astronomy \
+		--baseline models:/tiny-chat/1 --reward-model models:/tiny-rm/1 --where "source_format = 'belle'" --max-new-tokens 32
+	$(LAKE) --config $(DEMO)/lake.toml eval models:/tiny-chat/1 --suite ppl,mc --limit 20 \
+		--table text.corpus --slice zh="input_uri LIKE '%peoples_daily%'" --slice en="input_uri LIKE '%c4_demo%'" \
+		--mc-table eval.cmmlu --subjects agronomy,anatomy,astronomy
+	$(LAKE) --config $(DEMO)/lake.toml query "SELECT model, version, suite, subject, metric, round(value, 4) AS value, n FROM eval.results WHERE subject IN ('*', 'zh', 'en') ORDER BY suite, subject, metric, model"
 	$(LAKE) --config $(DEMO)/lake.toml lineage models:/tiny-ppo/1
 	$(LAKE) --config $(DEMO)/lake.toml models
 	$(LAKE) --config $(DEMO)/lake.toml catalog tables

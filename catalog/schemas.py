@@ -66,6 +66,21 @@ KIND_FIELDS: dict[str, list[pa.Field]] = {
         pa.field("choices", pa.list_(pa.string())),
         pa.field("answer", pa.string()),
     ],
+    # evaluation figures (lake eval): one row per model version, suite, subject and metric
+    "eval_results": [
+        pa.field("model", pa.string()),
+        pa.field("version", pa.int64()),
+        pa.field("suite", pa.string()),
+        pa.field("subject", pa.string()),  # "*" for a suite's overall figure
+        pa.field("metric", pa.string()),
+        pa.field("value", pa.float64()),
+        pa.field("n", pa.int64()),  # items, or the tokens/bytes/chars behind a ppl figure
+        pa.field("method", pa.string()),
+        pa.field("data_table", pa.string()),
+        pa.field("data_snapshot_id", pa.int64()),
+        pa.field("data_predicate", pa.string()),
+        pa.field("options", pa.string()),  # JSON of the options that change the figures (shots, limit, ...)
+    ],
     # every record that did not become a row, with the stage and the reason
     "rejects": [
         pa.field("stage", pa.string()),

@@ -235,10 +235,10 @@ def convert_mc(value: dict | str, context: dict) -> Converted:
     if answer not in ("A", "B", "C", "D"):
         return Reject("bad_answer", f"answer {answer!r} is not one of A-D")
     path = PurePosixPath(context["uri"])
-    subject = path.name.split(".")[0]
-    for suffix in ("_dev", "_val", "_test", "_train"):  # C-Eval names files subject_split.csv
-        subject = subject.removesuffix(suffix)
-    split = path.parent.name if path.parent.name in SPLITS else None
+    subject, split = path.name.split(".")[0], path.parent.name if path.parent.name in SPLITS else None
+    for suffix in ("dev", "val", "test", "train"):  # C-Eval names files subject_split.csv
+        if subject.endswith(f"_{suffix}"):
+            subject, split = subject.removesuffix(f"_{suffix}"), suffix
     item_id = _sha1(subject, question, *[str(c) for c in choices])
     return [
         {

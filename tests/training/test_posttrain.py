@@ -13,7 +13,7 @@ import os
 import pytest
 import yaml
 
-from conftest import PREF_FILES, SFT_FILES, run_lake, sft_job
+from conftest import DATA_DIR, PREF_FILES, SFT_FILES, run_lake, sft_job
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +124,64 @@ def test_bad_sft_jobs_are_one_line_exit_2(home, change, message):
     result = run_lake("train", "sft", str(path), env=home["env"], cwd=home["root"])
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_lake_eval_runs_ppl_mc_and_judge_and_records_each_figure_once(home):
+    """The evaluation suites through the CLI on the module's models: the figures come back as JSON, land on the
+    model version's MLflow run and in eval.results, and a re-run adds no rows."""
+    cmmlu = DATA_DIR / "eval/cmmlu"
+    home["lake"]("import", "mc", *[str(cmmlu / split / f"{s}.csv") for s in ("anatomy", "astronomy")
+                                   for split in ("dev", "test")], "--table", "eval.cmmlu")  # fmt: skip
+    args = ["eval", "models:/chat/1", "--suite", "ppl,mc,judge", "--limit", "6", "--table", "text.corpus",
+            "--slice", "wiki=input_uri LIKE '%wiki%'", "--slice", "c4=input_uri LIKE '%c4_demo%'",
+            "--mc-table", "eval.cmmlu", "--baseline", "models:/base/1", "--reward-model", home["rm"]["model_uri"],
+            "--where", "source_format = 'belle'", "--max-new-tokens", "8", "--format", "json"]  # fmt: skip
+    report = json.loads(home["lake"](*args).stdout)
+    for name in ("wiki", "c4"):
+        fig = report["ppl"][name]
+        assert fig["docs"] == 6 and fig["tokens"] > 0 and fig["bytes"] >= fig["chars"] > 0, fig
+        assert fig["ppl"] > 1 and fig["bits_per_byte"] > 0
+    mc = report["mc"]
+    assert mc["n"] == 12 and set(mc["subjects"]) == {"anatomy", "astronomy"} and "log-likelihood" in mc["method"]
+    assert mc["accuracy"] == sum(s["accuracy"] * s["n"] for s in mc["subjects"].values()) / 12
+    judge = report["judge"]
+    assert judge["n"] == 6 and judge["win_rate"] + judge["tie_rate"] + judge["loss_rate"] == pytest.approx(1)
+    assert judge["order_agreement"] == 1.0 and judge["classes"] and judge["baseline"] == "models:/base/1"
+    written = report["recorded"]["eval.results"]
+    assert written == 3 * 2 + 3 + 3 * (1 + len(judge["classes"]))  # ppl 3 per slice, mc overall + 2, judge 3 each
+
+    run = _mlflow(home).get_run(_mlflow(home).get_model_version("chat", "1").run_id)
+    assert run.data.metrics["eval/mc/accuracy"] == mc["accuracy"]
+    assert run.data.metrics["eval/ppl/wiki/bits_per_byte"] == pytest.approx(report["ppl"]["wiki"]["bits_per_byte"])
+    assert "eval/mc_subjects.png" in {a.path for a in _mlflow(home).list_artifacts(run.info.run_id, "eval")}
+
+    mc_only = [
+        "eval",
+        "models:/chat/1",
+        "--suite",
+        "mc",
+        "--limit",
+        "6",
+        "--mc-table",
+        "eval.cmmlu",
+        "--format",
+        "json",
+    ]
+    again = json.loads(home["lake"](*mc_only).stdout)  # the same mc evaluation: the same figures, no new rows
+    assert again["recorded"]["eval.results"] == 0 and again["mc"]["accuracy"] == mc["accuracy"]
+    query = "SELECT suite, count(*) AS n FROM eval.results WHERE model = 'chat' GROUP BY suite ORDER BY suite"
+    counts = {r["suite"]: r["n"] for r in json.loads(home["lake"]("query", query, "--format", "json").stdout)}
+    assert sum(counts.values()) == written and counts["mc"] == 3
+
+
+def test_lake_eval_usage_errors_are_one_line_exit_2(home):
+    for args, message in [
+        (["--suite", "judge"], "--baseline"),
+        (["--suite", "ppl"], "--table"),
+        (["--suite", "mc", "--mc-table", "eval.nothing"], "unknown table"),
+    ]:
+        result = run_lake("eval", "models:/chat/1", *args, env=home["env"], cwd=home["root"])
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    bogus = run_lake("eval", "models:/chat/1", "--suite", "ppl,bogus", env=home["env"], cwd=home["root"])
+    assert bogus.returncode == 2 and "bogus" in bogus.stderr
