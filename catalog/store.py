@@ -28,8 +28,8 @@ from pyiceberg.table import Table
 
 from catalog.datafiles import DataFileWriter, conform
 from catalog.schemas import KEY_COLUMNS, KIND_PROPERTY, schema_for
-from lake.errors import UsageError
-from lake.locks import first_use_lock
+from core.errors import UsageError
+from core.locks import first_use_lock
 
 if TYPE_CHECKING:
     from pyiceberg.manifest import DataFile
@@ -81,7 +81,7 @@ class Lakehouse:
         self._catalog: Catalog | None = None
 
     @classmethod
-    def from_config(cls, cfg) -> Lakehouse:  # cfg: lake.config.LakeConfig (kept untyped to avoid a cycle)
+    def from_config(cls, cfg) -> Lakehouse:  # cfg: core.config.LakeConfig (kept untyped to avoid a cycle)
         if cfg.is_embedded_catalog:
             cfg.home.mkdir(parents=True, exist_ok=True)
             (cfg.home / "warehouse").mkdir(parents=True, exist_ok=True)

@@ -13,10 +13,11 @@ too
 
 from __future__ import annotations
 
-import os
 import re
 from functools import lru_cache
 from pathlib import Path
+
+from core.config import data_dir
 
 # Han (incl. extension A and compatibility), kana; hangul is space-separated, so Korean keeps whitespace
 # words.
@@ -38,14 +39,6 @@ PUNCT_CHARS = frozenset(
     "、。，．；：？！…—–－·‘’“”「」『』（）［］【】《》〈〉〔〕｛｝〖〗～￥％＃＆＊＋＝／＼｜＠"
     "•·●○■□◆◇▪►▶★☆→←↑↓«»¡¿"
 )
-
-
-def data_dir() -> Path:
-    """Shared data root: env ``LAKE_DATA_DIR``, else ``<repo>/../shared/data``."""
-    env = os.environ.get("LAKE_DATA_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def cjk_ratio(text: str) -> float:

@@ -49,8 +49,8 @@ from catalog import attributes
 from catalog.rewrite import append_dataset, ensure_side_table, replace_dataset
 from catalog.runs import record_run
 from catalog.store import Lakehouse
-from lake.config import LakeConfig
-from lake.errors import UsageError
+from core.config import LakeConfig
+from core.errors import UsageError
 from operators.dedup import (
     TOKENIZERS,
     MinHashSignature,

@@ -28,8 +28,8 @@ from catalog.datafiles import unpack
 from catalog.runs import committed_inputs, record_run
 from catalog.schemas import rejects_table_for
 from catalog.store import Lakehouse, parse_identifier
-from lake.config import LakeConfig
-from lake.errors import LakeError, UsageError
+from core.config import LakeConfig
+from core.errors import LakeError, UsageError
 from operators.base import RecipeError
 from operators.decide import INGEST_STAGE, Decision, StageCounts
 from operators.recipe import DEFAULT_RECIPE, Recipe, load_recipe
