@@ -445,8 +445,7 @@ class MinHashSignature(Operator):
         self.num_perm, self.ngram, self.tokenizer, self.seed, self.engine = num_perm, ngram, tokenizer, seed, engine
         self.url_column = url_column
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        self.check_input(batch)
+    def apply(self, batch: pa.Table) -> pa.Table:
         texts = [t or "" for t in batch["text"].to_pylist()]
         tokens = token_hashes(texts, self.tokenizer)  # shared by the signatures and the exact text hash
         sigs, sh_counts, _ = minhash_signatures(

@@ -138,8 +138,7 @@ class SensitiveContent(Operator):
                 cats.add(cat)
         return n_hits, sorted(cats), min(1.0, chars / len(text)) if text else 0.0
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        self.check_input(batch)
+    def apply(self, batch: pa.Table) -> pa.Table:
         out = [self.label(t or "") for t in batch.column("text").to_pylist()]
         return with_columns(
             batch,
@@ -228,8 +227,7 @@ class PII(Operator):
             text = "".join(parts) + text[last:]
         return len(spans), sorted({s[2] for s in spans}), text
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        self.check_input(batch)
+    def apply(self, batch: pa.Table) -> pa.Table:
         out = [self.label(t or "") for t in batch.column("text").to_pylist()]
         cols: dict[str, pa.Array] = {
             "pii_count": pa.array([o[0] for o in out], type=pa.int64()),

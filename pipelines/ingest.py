@@ -30,7 +30,7 @@ from catalog.schemas import rejects_table_for
 from catalog.store import Lakehouse, parse_identifier
 from core.config import LakeConfig
 from core.errors import LakeError, UsageError
-from operators.base import RecipeError
+from operators.base import RecipeError, Resources
 from operators.decide import INGEST_STAGE, Decision, StageCounts
 from operators.recipe import DEFAULT_RECIPE, Recipe, load_recipe
 from pipelines.files import check_inputs, file_digest
@@ -47,7 +47,6 @@ from pipelines.ingest_write import (
 
 INGEST_COMMAND = "ingest"
 LINEAGE_COLUMNS = ("input_uri", "input_digest", "record_key")
-BATCH_ROWS = 64
 BLOCK_BYTES = 2 * 1024 * 1024
 # rows per write task: one data file per input of the batch (~10 MB of text at typical page sizes)
 WRITE_ROWS = 4096
@@ -174,6 +173,20 @@ class RecipeRunner:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return run_recipe(self.recipe, batch, self.schedule)
+
+
+def stage_resources(recipe: Recipe) -> Resources:
+    """What the one actor-pool stage running every operator of the recipe asks of Ray: the operators are fused (a
+    batch goes through all of them in one actor, the raw HTML never leaves it), so the stage takes the largest CPU
+    and GPU need and the smallest batch any operator declares (extraction's 64 pages, so that one big input still
+    spreads over every actor). It is an actor pool, so stateful operators load their models once per actor."""
+    declared = [op.resources for op in recipe.operators]
+    return Resources(
+        num_cpus=max(r.num_cpus for r in declared),
+        num_gpus=max(r.num_gpus for r in declared),
+        batch_size=min(r.batch_size for r in declared),
+        stateful=True,
+    )
 
 
 def filter_schedule(recipe: Recipe) -> dict[int, Decision]:
@@ -325,8 +338,9 @@ def _ingest_group(
     lake.add_columns(table, document_fields(recipe))
     lake.add_columns(rejects_table, REJECT_EXTRA_FIELDS)
     writes = GroupWrites(lake.file_writer(table), lake.file_writer(rejects_table), report.run_id, datetime.now(UTC))
+    resources = stage_resources(recipe)
     items = [{"uri": i.uri, "digest": i.digest, "kind": i.kind, "urls_file": i.urls_file} for i in group]
-    cpus = max(1, int(ray.available_resources().get("CPU", 1)))
+    cpus = max(1, int(ray.available_resources().get("CPU", 1) // max(resources.num_cpus, 1e-9)))
     # Small blocks, so that the records of one big input spread over every actor: a read task's output is
     # otherwise buffered into blocks of up to 128 MB, each of which one actor works through alone (a streaming
     # repartition instead needs a free CPU, and stalls while the actors hold them all). A dataset copies the
@@ -344,11 +358,12 @@ def _ingest_group(
                 RecipeRunner,
                 fn_constructor_kwargs={"recipe_path": recipe_file},
                 batch_format="pyarrow",
-                batch_size=BATCH_ROWS,
+                batch_size=resources.batch_size,
                 # two actors from the start: a pool of one only grows after a backlog, and each new actor pays for
                 # loading its models; bigger clusters grow the pool up to every CPU
                 compute=ray.data.ActorPoolStrategy(min_size=min(2, cpus), max_size=cpus),
-                num_cpus=1,
+                num_cpus=resources.num_cpus,
+                num_gpus=resources.num_gpus,
                 # Ray Data restarts dead actors by default, and Ray logs an error per actor because the constructor
                 # arguments sit in the object store; a dead actor fails the run instead (nothing is committed for the
                 # group, and the re-run resumes). Ray 2.60 has no named parameter for it yet, hence the filter above.
