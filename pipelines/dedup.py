@@ -64,6 +64,7 @@ from operators.dedup_graph import (
     find_edges,
     resolve_keepers,
 )
+from operators.expressions import compile_sql
 from pipelines.ray_env import init_ray
 
 LABEL_FIELDS = [
@@ -199,14 +200,8 @@ def quality_scores(batch: pa.Table, spec: str | None) -> np.ndarray:
         for c in reasons:
             score += pc.is_null(batch[c]).to_numpy(zero_copy_only=False).astype(np.float64)
         return score
-    if spec in batch.column_names:
-        values = batch[spec].cast(pa.float64())
-    else:
-        import polars as pl
-
-        frame = pl.from_arrow(batch) if n else pl.from_arrow(batch.schema.empty_table())
-        values = frame.select(pl.sql_expr(spec).cast(pl.Float64).alias("q")).to_arrow()["q"]
-    return pc.fill_null(values, -math.inf).to_numpy(zero_copy_only=False).astype(np.float64)
+    values = batch[spec] if spec in batch.column_names else compile_sql(spec).evaluate(batch)
+    return pc.fill_null(values.cast(pa.float64()), -math.inf).to_numpy(zero_copy_only=False).astype(np.float64)
 
 
 def quality_columns(schema: pa.Schema, spec: str | None) -> set[str]:
@@ -215,9 +210,7 @@ def quality_columns(schema: pa.Schema, spec: str | None) -> set[str]:
         return {c for c in schema.names if c.endswith("_reason")}
     if spec in schema.names:
         return {spec}
-    import polars as pl
-
-    return set(pl.sql_expr(spec).meta.root_names())
+    return set(compile_sql(spec).columns)
 
 
 def check_quality_spec(schema: pa.Schema, spec: str | None) -> None:
