@@ -2,9 +2,12 @@
 
 Flow per group of inputs: Ray Data reads records (one task per input, streaming), an actor pool runs the
 recipe's operators on pyarrow batches (stateful operators load their models and blocklists once per actor), the
-recipe's decision step splits each batch into kept rows and rejects, and the driver commits both tables
-(idempotent on ``(input_digest, record_key)``) and then records the run in ``lake.runs``. Inputs a succeeded
-run already committed are skipped, so re-running after a crash resumes and never duplicates rows.
+recipe's decision step splits each batch into kept rows and rejects, write tasks put both into Parquet data files
+of the two tables (``pipelines.ingest_write``, one input per file), and the driver, which sees only those files'
+descriptions and the counts, commits them (one fast-append per table; an input already in a table is left out,
+so a re-run after a crash between the two commits adds nothing twice) and then records the run in
+``lake.runs``. Inputs a succeeded run already committed are skipped, so re-running resumes and never duplicates
+rows. The driver's memory does not grow with the size of the input.
 """
 
 from __future__ import annotations
