@@ -42,6 +42,7 @@ MAX_UNICODE = 0x110000
 U64 = np.uint64
 _SEP, _WORD, _SINGLE = 0, 1, 2  # code point classes: separator, part of a word, a token on its own
 
+
 # ---- character tables ---------------------------------------------------------------------------------------
 @lru_cache(maxsize=1)
 def _unicode_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
