@@ -24,7 +24,7 @@ from pyiceberg.table import Table
 
 from catalog.rewrite import ensure_side_table, replace_rows
 from catalog.store import Lakehouse, parse_identifier
-from lake.errors import UsageError
+from core.errors import UsageError
 
 KIND = "attributes"
 SEPARATOR = "__"

@@ -10,7 +10,7 @@ from sqlglot import exp
 
 from catalog.attributes import VIEW_SUFFIX, joined_frame, labelled_sources, view_name
 from catalog.store import Lakehouse
-from lake.errors import UsageError
+from core.errors import UsageError
 
 COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
 READ_STATEMENTS = {"SELECT", "WITH", "DESCRIBE", "DESC", "SHOW", "(", "VALUES"}

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,9 +26,13 @@ from pyiceberg.exceptions import (
 from pyiceberg.expressions import In
 from pyiceberg.table import Table
 
+from catalog.datafiles import DataFileWriter, conform
 from catalog.schemas import KEY_COLUMNS, KIND_PROPERTY, schema_for
-from lake.errors import UsageError
-from lake.locks import first_use_lock
+from core.errors import UsageError
+from core.locks import first_use_lock
+
+if TYPE_CHECKING:
+    from pyiceberg.manifest import DataFile
 
 IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
 COMMIT_ATTEMPTS = 8
@@ -77,7 +81,7 @@ class Lakehouse:
         self._catalog: Catalog | None = None
 
     @classmethod
-    def from_config(cls, cfg) -> Lakehouse:  # cfg: lake.config.LakeConfig (kept untyped to avoid a cycle)
+    def from_config(cls, cfg) -> Lakehouse:  # cfg: core.config.LakeConfig (kept untyped to avoid a cycle)
         if cfg.is_embedded_catalog:
             cfg.home.mkdir(parents=True, exist_ok=True)
             (cfg.home / "warehouse").mkdir(parents=True, exist_ok=True)
@@ -150,7 +154,10 @@ class Lakehouse:
             todo = self._new_rows(table, rows) if idempotent else rows
             if todo.num_rows == 0:
                 return AppendResult(offered, 0, None)
-            todo = _conform(todo, table.schema().as_arrow())
+            todo = conform(
+                todo.select([c for c in todo.column_names if c in table.schema().column_names]),
+                table.schema().as_arrow(),
+            )
             try:
                 table.append(todo, snapshot_properties=snapshot_properties or {})
                 current = table.current_snapshot()
@@ -161,6 +168,57 @@ class Lakehouse:
                 time.sleep(0.05 * (attempt + 1))
                 table = self.table(identifier)
         raise AssertionError("unreachable")
+
+    def file_writer(self, identifier: str) -> DataFileWriter:
+        """A picklable writer of data files for the table's current schema (see ``catalog.datafiles``)."""
+        table = self.table(identifier)
+        return DataFileWriter(identifier, table.metadata, table.io)
+
+    def append_files(
+        self,
+        identifier: str,
+        files: dict[str, list[DataFile]],
+        snapshot_properties: dict[str, str] | None = None,
+    ) -> AppendResult:
+        """Commit data files written elsewhere (``file_writer``) in one fast-append snapshot.
+
+        ``files`` maps an input digest to the files holding that input's rows (a file holds one input's rows).
+        An input that already has rows in the table is left out whole: its rows were committed atomically by
+        an earlier run that crashed before recording itself, so a re-run adds nothing twice. A commit that loses
+        a race is retried against the refreshed table, re-checking inputs each time.
+        """
+        offered = sum(f.record_count for group in files.values() for f in group)
+        for attempt in range(COMMIT_ATTEMPTS):
+            table = self.table(identifier)
+            present = self._inputs_present(table, list(files))
+            todo = [f for digest, group in files.items() if digest not in present for f in group]
+            if not todo:
+                return AppendResult(offered, 0, None)
+            try:
+                with table.transaction() as txn:
+                    with txn.update_snapshot(snapshot_properties=snapshot_properties or {}).fast_append() as append:
+                        for data_file in todo:
+                            append.append_data_file(data_file)
+                current = table.current_snapshot()
+                return AppendResult(
+                    offered, sum(f.record_count for f in todo), current.snapshot_id if current else None
+                )
+            except CommitFailedException:
+                if attempt == COMMIT_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _inputs_present(table: Table, digests: list[str]) -> set[str]:
+        """Which of ``digests`` have rows in the current snapshot (streamed: memory does not grow with rows)."""
+        if table.current_snapshot() is None or not digests:
+            return set()
+        present: set[str] = set()
+        scan = table.scan(row_filter=In("input_digest", digests), selected_fields=("input_digest",))
+        for batch in scan.to_arrow_batch_reader():
+            present.update(pc.unique(batch.column(0)).to_pylist())
+        return present
 
     def _new_rows(self, table: Table, rows: pa.Table) -> pa.Table:
         if rows.num_rows == 0 or table.current_snapshot() is None:
@@ -265,7 +323,8 @@ class Lakehouse:
         table = self.table(identifier)
         if table.current_snapshot() is None or not digests:
             return 0
-        return table.scan(row_filter=In("input_digest", digests), selected_fields=KEY_COLUMNS).to_arrow().num_rows
+        scan = table.scan(row_filter=In("input_digest", digests), selected_fields=("input_digest",))
+        return sum(batch.num_rows for batch in scan.to_arrow_batch_reader())
 
     def count(self, identifier: str, as_of: str | int | None = None) -> int:
         table = self.table(identifier)
@@ -301,14 +360,3 @@ def _row_keys(rows: pa.Table) -> pa.ChunkedArray:
     """One string per row joining its key columns (nulls count as empty)."""
     parts = [pc.fill_null(rows[c].cast(pa.large_string()), "") for c in KEY_COLUMNS]
     return pc.binary_join_element_wise(*parts, pa.scalar("\x1f", pa.large_string()))
-
-
-def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Order and cast ``rows`` to the table's current schema; missing columns become nulls."""
-    columns = []
-    for field in schema:
-        if field.name in rows.column_names:
-            columns.append(rows[field.name].cast(field.type))
-        else:
-            columns.append(pa.nulls(rows.num_rows, field.type))
-    return pa.Table.from_arrays(columns, schema=schema)

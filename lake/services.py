@@ -12,7 +12,6 @@ started, leaving other Ray or MLflow processes on the machine alone. Logs go to 
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.config import _ensure_token, use_ray_auth  # noqa: F401  (re-exported)
 from lake.config import LakeConfig
 from lake.errors import LakeError, UsageError
 
@@ -61,8 +61,16 @@ def services(cfg: LakeConfig) -> list[Service]:
         # Ray's fixed default agent port (52365) belongs to whichever Ray started first on this machine, and a
         # head without its agent refuses jobs ("No available agent"): give each node its own, next to ours
         base = cfg.ray_dashboard_port + 10 + 10 * node
-        return ["--dashboard-agent-listen-port", str(base), "--dashboard-agent-grpc-port", str(base + 1),
-                "--runtime-env-agent-port", str(base + 2), "--metrics-export-port", str(base + 3)]
+        return [
+            "--dashboard-agent-listen-port",
+            str(base),
+            "--dashboard-agent-grpc-port",
+            str(base + 1),
+            "--runtime-env-agent-port",
+            str(base + 2),
+            "--metrics-export-port",
+            str(base + 3),
+        ]
 
     head = Service(
         "ray-head",
@@ -120,31 +128,6 @@ def services(cfg: LakeConfig) -> list[Service]:
 
 def head_address(cfg: LakeConfig) -> str:
     return f"{cfg.ray_host}:{cfg.ray_port}"
-
-
-def use_ray_auth(cfg: LakeConfig, environ: dict | os._Environ = os.environ) -> None:
-    """Put this configuration's Ray authentication into ``environ``, creating the token when it is needed: with
-    RAY_AUTH_MODE=token and no token, Ray would write one to ~/.ray."""
-    auth = cfg.ray_auth_env()
-    if "RAY_AUTH_TOKEN_PATH" in auth:
-        _ensure_token(cfg.ray_auth_token_path)
-    environ.update(auth)
-
-
-def _ensure_token(path: Path) -> None:
-    if path.exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(secrets.token_hex(32))
-    try:
-        os.link(tmp, path)  # atomic, and the first of two racing processes wins
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink()
 
 
 def _pid_file(cfg: LakeConfig, name: str) -> Path:

@@ -1,10 +1,13 @@
 """The operator contract: one small class per concern, a pure function on a pyarrow batch.
 
 An operator declares its registry name, the columns it reads and the columns (with types) it writes, and the
-resources a runner should give it. Its typed ``__init__`` keyword arguments are its config. ``__call__`` takes a
-``pa.Table`` batch and returns the batch with its output columns added (labelers) or rewritten (modifiers); it
-never drops rows: keeping and dropping is decided in one place (``operators.decide``) so that every dropped row
-gets a stage and a reason. Runners (Ray Data, or a plain loop in tests) live in ``pipelines/``.
+resources a runner should give it. Its typed ``__init__`` keyword arguments are its config. A subclass implements
+``apply``: it takes a ``pa.Table`` batch and returns the batch with its output columns added (labelers) or
+rewritten (modifiers). ``__call__`` is the template around it that enforces the contract: the declared input
+columns are there, no row is dropped or added (keeping and dropping is decided in one place, ``operators.decide``,
+so that every dropped row gets a stage and a reason), no input column disappears, no undeclared column appears,
+and every declared output column is there with its declared type (cast when lossless). Runners (Ray Data, or a
+plain loop in tests) live in ``pipelines/``; what they take from ``Resources`` is said there.
 """
 
 from __future__ import annotations
@@ -28,21 +31,62 @@ class Resources:
     stateful: bool = False
 
 
+class ContractError(ValueError):
+    """An operator broke its declared contract on a batch (a bug in the operator, not bad data)."""
+
+
 class Operator:
-    """Base class; subclasses set the class attributes and implement ``__call__``."""
+    """Base class; subclasses set the class attributes and implement ``apply``."""
 
     name: ClassVar[str] = ""
     input_columns: ClassVar[tuple[str, ...]] = ()
     output_columns: ClassVar[dict[str, pa.DataType]] = {}
     resources: ClassVar[Resources] = Resources()
 
-    def __call__(self, batch: pa.Table) -> pa.Table:  # pragma: no cover - abstract
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # a subclass written against the older contract (its own ``__call__``) runs through the same checks
+        if "__call__" in cls.__dict__:
+            cls.apply = cls.__dict__["__call__"]
+            del cls.__call__
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """The contract around ``apply``: declared inputs in, same rows out, declared outputs with their types."""
+        self.check_input(batch)
+        out = self.apply(batch)
+        return self.check_output(batch, out)
+
+    def apply(self, batch: pa.Table) -> pa.Table:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def check_input(self, batch: pa.Table) -> None:
         missing = [c for c in self.input_columns if c not in batch.column_names]
         if missing:
             raise ValueError(f"operator {self.name!r} needs columns {missing}, batch has {batch.column_names}")
+
+    def check_output(self, batch: pa.Table, out: pa.Table) -> pa.Table:
+        """``out`` with every declared output column cast to its declared type; a broken contract raises."""
+        if out.num_rows != batch.num_rows:
+            raise ContractError(f"operator {self.name!r} returned {out.num_rows} rows for {batch.num_rows}")
+        lost = [c for c in batch.column_names if c not in out.column_names]
+        extra = [c for c in out.column_names if c not in batch.column_names and c not in self.output_columns]
+        missing = [c for c in self.output_columns if c not in out.column_names]
+        if lost or extra or missing:
+            raise ContractError(
+                f"operator {self.name!r}: columns dropped {lost}, undeclared {extra}, declared but missing {missing}"
+            )
+        for column, declared in self.output_columns.items():
+            actual = out.schema.field(column).type
+            if actual == declared:
+                continue
+            try:
+                values = out[column].cast(declared)  # safe cast: a value that does not fit raises
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise ContractError(
+                    f"operator {self.name!r} wrote {column} as {actual}, declared {declared}: {exc}"
+                ) from None
+            out = out.set_column(out.column_names.index(column), column, values)
+        return out
 
 
 REGISTRY: dict[str, type[Operator]] = {}

@@ -92,8 +92,7 @@ class LineCleanup(Operator):
                 kept.append(line)
         return "\n".join(kept).strip("\n"), removed_lines, removed_chars
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        self.check_input(batch)
+    def apply(self, batch: pa.Table) -> pa.Table:
         texts = batch.column("text").to_pylist()
         has_lang = self.lang_column in batch.column_names
         langs = batch.column(self.lang_column).to_pylist() if has_lang else [None] * len(texts)

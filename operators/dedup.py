@@ -35,22 +35,12 @@ import numpy as np
 import pyarrow as pa
 
 from operators.base import Operator, Resources, register, with_columns
+from operators.text import CJK_RANGES
 
 TOKENIZERS = ("auto", "char", "word")
 MAX_UNICODE = 0x110000
 U64 = np.uint64
 _SEP, _WORD, _SINGLE = 0, 1, 2  # code point classes: separator, part of a word, a token on its own
-
-# Han (incl. extensions A-F and compatibility ideographs) and kana: each character is a token in "auto" mode
-CJK_RANGES = (
-    (0x3040, 0x30FF),
-    (0x3400, 0x4DBF),
-    (0x4E00, 0x9FFF),
-    (0xF900, 0xFAFF),
-    (0x31F0, 0x31FF),
-    (0xFF66, 0xFF9F),
-    (0x20000, 0x323AF),
-)
 
 
 # ---- character tables ---------------------------------------------------------------------------------------
@@ -456,8 +446,7 @@ class MinHashSignature(Operator):
         self.num_perm, self.ngram, self.tokenizer, self.seed, self.engine = num_perm, ngram, tokenizer, seed, engine
         self.url_column = url_column
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        self.check_input(batch)
+    def apply(self, batch: pa.Table) -> pa.Table:
         texts = [t or "" for t in batch["text"].to_pylist()]
         tokens = token_hashes(texts, self.tokenizer)  # shared by the signatures and the exact text hash
         sigs, sh_counts, _ = minhash_signatures(

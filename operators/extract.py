@@ -224,8 +224,7 @@ class ExtractMainText(Operator):
                 text, method = rescued, "resiliparse_rescue"
         return text, title, method, "; ".join(errors) or None
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        self.check_input(batch)
+    def apply(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         htmls = batch.column("html").to_pylist()
         urls = batch.column("url").to_pylist() if "url" in batch.column_names else [None] * n

@@ -41,8 +41,7 @@ class LanguageID(Operator):
 
         return fasttext.load_model(os.fspath(self.model_path))
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        self.check_input(batch)
+    def apply(self, batch: pa.Table) -> pa.Table:
         if self._model is None:
             self._model = self._load()
         texts = batch.column("text").to_pylist()

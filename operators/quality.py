@@ -57,8 +57,7 @@ class _TextLabeler(Operator):
     def label(self, text: str, cjk: bool) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        self.check_input(batch)
+    def apply(self, batch: pa.Table) -> pa.Table:
         texts = batch.column("text").to_pylist()
         has_lang = self.lang_column in batch.column_names
         langs = batch.column(self.lang_column).to_pylist() if has_lang else [None] * len(texts)

@@ -48,8 +48,7 @@ class QualityScore(Operator):
             path.write_bytes(self.model_bytes)
             return fasttext.load_model(os.fspath(path))
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        self.check_input(batch)
+    def apply(self, batch: pa.Table) -> pa.Table:
         if self._model is None:
             self._model = self._load()
         lines = [fasttext_line(t, self.max_chars) for t in batch.column("text").to_pylist()]

@@ -114,9 +114,7 @@ def build_recipe(spec: dict[str, Any], path: str | None = None) -> Recipe:
     if unknown:
         raise RecipeError(f"unknown recipe key(s) {unknown}; known: {sorted(_TOP_LEVEL)}")
     languages = spec.get("languages")
-    if languages is not None and not (
-        isinstance(languages, list) and all(isinstance(x, str) for x in languages)
-    ):
+    if languages is not None and not (isinstance(languages, list) and all(isinstance(x, str) for x in languages)):
         raise RecipeError(f"'languages' must be a list of language codes or null, got {languages!r}")
     steps = _parse_steps(spec.get("operators"))
     _import_operator_modules()
@@ -148,12 +146,12 @@ def build_recipe(spec: dict[str, Any], path: str | None = None) -> Recipe:
             hard_filter = HardFilter.from_spec(item, {"languages": languages})
         except ValueError as exc:
             raise RecipeError(str(exc)) from exc
-        for column in filter(None, (hard_filter.when.column, hard_filter.detail)):
+        order = {INGEST_STAGE: -1} | {step: i for i, (step, _) in enumerate(steps)}
+        for column in (*hard_filter.when.columns, *filter(None, [hard_filter.detail])):
             if column not in written:
-                raise RecipeError(
-                    f"hard filter {hard_filter.name!r} uses column {column!r}, which no step writes"
-                )
-        stage = item.get("stage") or written[hard_filter.when.column]
+                raise RecipeError(f"hard filter {hard_filter.name!r} uses column {column!r}, which no step writes")
+        # by default a drop belongs to the last step that wrote a column the filter reads
+        stage = item.get("stage") or max((written[c] for c in hard_filter.when.columns), key=order.__getitem__)
         filters.append(HardFilter(hard_filter.name, hard_filter.when, stage, hard_filter.detail))
     try:
         decision = Decision(filters)

@@ -5,15 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from core.config import data_dir
 
-def data_dir() -> Path:
-    """Shared data root: env ``LAKE_DATA_DIR``, else ``<repo>/../shared/data``."""
-    env = os.environ.get("LAKE_DATA_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+__all__ = ["data_dir", "resolve"]
 
 
 def resolve(path: str | os.PathLike[str] | None, default: str) -> Path:
-    """``path`` when given, else ``default`` relative to the data dir."""
+    """``path`` when given, else ``default`` relative to the configured data dir (``core.config.data_dir``)."""
     return Path(path) if path else data_dir() / default

@@ -19,14 +19,21 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from core.config import data_dir
 from operators.base import Operator, Resources, register, with_columns
-from operators.text import data_dir
 
 # Categories of the Chinese sensitive-word collection used by default. Left out on purpose: tencent_temp,
 # netease_frontend_filter, gfw_supplement and supplement list everyday words (一个, 政府, 互联网) and flagged 73 of
 # 74 ordinary 163.com news pages; illegal_urls is a URL list; livelihood/covid19/other/advertising are topical.
-DEFAULT_ZH_CATEGORIES = ("pornography", "pornography_type", "violence_terrorism", "guns_explosives",
-                         "reactionary", "political", "corruption")
+DEFAULT_ZH_CATEGORIES = (
+    "pornography",
+    "pornography_type",
+    "violence_terrorism",
+    "guns_explosives",
+    "reactionary",
+    "political",
+    "corruption",
+)
 
 
 def default_lexicons() -> list[str]:
@@ -131,8 +138,7 @@ class SensitiveContent(Operator):
                 cats.add(cat)
         return n_hits, sorted(cats), min(1.0, chars / len(text)) if text else 0.0
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        self.check_input(batch)
+    def apply(self, batch: pa.Table) -> pa.Table:
         out = [self.label(t or "") for t in batch.column("text").to_pylist()]
         return with_columns(
             batch,
@@ -221,8 +227,7 @@ class PII(Operator):
             text = "".join(parts) + text[last:]
         return len(spans), sorted({s[2] for s in spans}), text
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        self.check_input(batch)
+    def apply(self, batch: pa.Table) -> pa.Table:
         out = [self.label(t or "") for t in batch.column("text").to_pylist()]
         cols: dict[str, pa.Array] = {
             "pii_count": pa.array([o[0] for o in out], type=pa.int64()),

@@ -13,14 +13,25 @@ too
 
 from __future__ import annotations
 
-import os
 import re
 from functools import lru_cache
 from pathlib import Path
 
-# Han (incl. extension A and compatibility), kana; hangul is space-separated, so Korean keeps whitespace
-# words.
-CJK_CHARS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u309f\u30a0-\u30ff"
+from core.config import data_dir
+
+# The one definition of CJK text (each character a token, no spaces between words): Han ideographs (unified,
+# extensions A-F in the BMP and the supplementary planes, compatibility ideographs) and kana (hiragana, katakana,
+# its phonetic extensions and half-width forms). Hangul is space-separated, so Korean keeps whitespace words.
+CJK_RANGES = (
+    (0x3040, 0x30FF),
+    (0x3400, 0x4DBF),
+    (0x4E00, 0x9FFF),
+    (0xF900, 0xFAFF),
+    (0x31F0, 0x31FF),
+    (0xFF66, 0xFF9F),
+    (0x20000, 0x323AF),
+)
+CJK_CHARS = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in CJK_RANGES)  # for regex character classes
 CJK_RE = re.compile(f"[{CJK_CHARS}]")
 # one CJK char | a run of non-space, non-CJK chars (a Latin word with its punctuation attached, as a split()
 # gives)
@@ -38,14 +49,6 @@ PUNCT_CHARS = frozenset(
     "、。，．；：？！…—–－·‘’“”「」『』（）［］【】《》〈〉〔〕｛｝〖〗～￥％＃＆＊＋＝／＼｜＠"
     "•·●○■□◆◇▪►▶★☆→←↑↓«»¡¿"
 )
-
-
-def data_dir() -> Path:
-    """Shared data root: env ``LAKE_DATA_DIR``, else ``<repo>/../shared/data``."""
-    env = os.environ.get("LAKE_DATA_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def cjk_ratio(text: str) -> float:

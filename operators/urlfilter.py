@@ -245,8 +245,7 @@ class URLFilter(Operator):
                 return f"banned_subword:{match.group(0)}"
         return None
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        self.check_input(batch)
+    def apply(self, batch: pa.Table) -> pa.Table:
         if self._lists is None:
             self._load()
         urls = batch.column("url").to_pylist()

@@ -35,7 +35,6 @@ import logging
 import math
 import time
 import uuid
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -49,18 +48,23 @@ from catalog import attributes
 from catalog.rewrite import append_dataset, ensure_side_table, replace_dataset
 from catalog.runs import record_run
 from catalog.store import Lakehouse
-from lake.config import LakeConfig
-from lake.errors import UsageError
+from core.config import LakeConfig
+from core.errors import UsageError
 from operators.dedup import (
     TOKENIZERS,
     MinHashSignature,
-    band_hashes,
     choose_bands,
-    decode_signatures,
     node_ids,
     signature_algorithm,
-    splitmix64,
 )
+from operators.dedup_graph import (
+    GraphShard,
+    bucket_keys,
+    connected_components,
+    find_edges,
+    resolve_keepers,
+)
+from operators.expressions import compile_sql
 from pipelines.ray_env import init_ray
 
 LABEL_FIELDS = [
@@ -85,8 +89,6 @@ PARAM_PROPS = ("num_perm", "ngram", "tokenizer", "seed")
 # what decides the labels (a change relabels every row); num_shards, batch sizes and mlflow do not
 LABEL_PARAMS = PARAM_PROPS + ("threshold", "verify", "bands", "rows", "exact", "url", "quality",
                               "false_positive_weight", "false_negative_weight", "max_pair_bucket")  # fmt: skip
-_EXACT_SALT = np.uint64(0xE8AC7)
-_URL_SALT = np.uint64(0x5E1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -198,14 +200,8 @@ def quality_scores(batch: pa.Table, spec: str | None) -> np.ndarray:
         for c in reasons:
             score += pc.is_null(batch[c]).to_numpy(zero_copy_only=False).astype(np.float64)
         return score
-    if spec in batch.column_names:
-        values = batch[spec].cast(pa.float64())
-    else:
-        import polars as pl
-
-        frame = pl.from_arrow(batch) if n else pl.from_arrow(batch.schema.empty_table())
-        values = frame.select(pl.sql_expr(spec).cast(pl.Float64).alias("q")).to_arrow()["q"]
-    return pc.fill_null(values, -math.inf).to_numpy(zero_copy_only=False).astype(np.float64)
+    values = batch[spec] if spec in batch.column_names else compile_sql(spec).evaluate(batch)
+    return pc.fill_null(values.cast(pa.float64()), -math.inf).to_numpy(zero_copy_only=False).astype(np.float64)
 
 
 def quality_columns(schema: pa.Schema, spec: str | None) -> set[str]:
@@ -214,9 +210,7 @@ def quality_columns(schema: pa.Schema, spec: str | None) -> set[str]:
         return {c for c in schema.names if c.endswith("_reason")}
     if spec in schema.names:
         return {spec}
-    import polars as pl
-
-    return set(pl.sql_expr(spec).meta.root_names())
+    return set(compile_sql(spec).columns)
 
 
 def check_quality_spec(schema: pa.Schema, spec: str | None) -> None:
@@ -245,45 +239,31 @@ def _key_rows(batch: pa.Table, quality: str | None, fetch_time_column: str) -> p
 
 
 # ---- stage 2: buckets -> candidate pairs -> verified edges, on the shard actors ---------------------------------
-def _bucket_keys(
-    batch: pa.Table, bands: int, rows: int, num_perm: int, seed: int, verify: bool, exact: bool, url: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(bucket, node, verify) per (document, LSH band) plus exact-text and URL key rows; and the (node, signature)
-    pairs that verification needs."""
-    nodes = batch["dup_node"].to_numpy(zero_copy_only=False).astype(np.int64)
-    has = batch["dup_shingles"].to_numpy(zero_copy_only=False) > 0
-    buckets, members, checks = [], [], []
-    sig_nodes, sigs = np.zeros(0, np.int64), np.zeros((0, num_perm), np.uint32)
-    if has.any():
-        idx = np.flatnonzero(has)
-        band_sigs = decode_signatures(batch["dup_sig"].take(pa.array(idx)), num_perm)
-        keys = band_hashes(band_sigs, bands, rows, seed)  # (n, bands)
-        buckets.append(keys.reshape(-1))
-        members.append(np.repeat(nodes[idx], bands))
-        checks.append(np.full(idx.size * bands, verify))
-        if verify:
-            sig_nodes, sigs = nodes[idx], band_sigs
-    for enabled, column, salt in ((exact, "dup_text_hash", _EXACT_SALT), (url, "dup_url_hash", _URL_SALT)):
-        if not enabled or column not in batch.column_names:
-            continue
-        values = batch[column]
-        valid = pc.is_valid(values).to_numpy(zero_copy_only=False)
-        if not valid.any():
-            continue
-        raw = pc.fill_null(values, 0).to_numpy(zero_copy_only=False).astype(np.int64)[valid].view(np.uint64)
-        buckets.append(splitmix64(raw ^ salt).view(np.int64))
-        members.append(nodes[valid])
-        checks.append(np.zeros(int(valid.sum()), dtype=bool))
-    if not buckets:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool), sig_nodes, sigs
-    return np.concatenate(buckets), np.concatenate(members), np.concatenate(checks), sig_nodes, sigs
+class OnActors:
+    """Shard calls on Ray actors (``operators.dedup_graph`` orchestrates): results are object refs, passed on
+    from actor to actor."""
+
+    @staticmethod
+    def one(actor: Any, method: str, *args: Any) -> Any:
+        return getattr(actor, method).remote(*args)
+
+    @staticmethod
+    def multi(actor: Any, method: str, k: int, *args: Any) -> list:
+        refs = getattr(actor, method).options(num_returns=k).remote(*args)
+        return [refs] if k == 1 else list(refs)
+
+    @staticmethod
+    def get(refs: list) -> list:
+        import ray
+
+        return ray.get(refs)
 
 
 def _send_buckets(batch: pa.Table, shards: list, **kwargs: Any) -> pa.Table:
     """Bucket keys go to the shard of the bucket (``bucket % k``), signatures to the shard of their node."""
     import ray
 
-    bucket, node, verify, sig_nodes, sigs = _bucket_keys(batch, **kwargs)
+    bucket, node, verify, sig_nodes, sigs = bucket_keys(batch, **kwargs)
     k = len(shards)
     owner = bucket % k
     sig_owner = sig_nodes % k
@@ -292,332 +272,6 @@ def _send_buckets(batch: pa.Table, shards: list, **kwargs: Any) -> pa.Table:
         refs += [shards[t].add_sigs.remote(sig_nodes[sig_owner == t], sigs[sig_owner == t]) for t in range(k)]
     ray.get(refs)
     return pa.table({"rows": pa.array([bucket.size], pa.int64())})
-
-
-def _bucket_pairs(
-    bucket: np.ndarray, node: np.ndarray, verify: np.ndarray, max_pair_bucket: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate pairs ``(n, 2)`` (smaller node first, unique) of the verified buckets, and the edges ``(n, 2)`` of
-    the unverified (exact text / URL) buckets: a star to each bucket's first node."""
-    none = np.zeros((0, 2), np.int64)
-    if bucket.size < 2:
-        return none, none
-    order = np.lexsort((node, bucket))
-    bucket, node, verify = bucket[order], node[order], verify[order]
-    new_group = np.ones(bucket.size, dtype=bool)
-    new_group[1:] = bucket[1:] != bucket[:-1]
-    keep = np.ones(bucket.size, dtype=bool)
-    keep[1:] = new_group[1:] | (node[1:] != node[:-1])  # the same node twice in a bucket
-    bucket, node, verify, new_group = bucket[keep], node[keep], verify[keep], new_group[keep]
-    group_id = np.cumsum(new_group) - 1
-    starts = np.flatnonzero(new_group)
-    sizes = np.diff(np.append(starts, bucket.size))
-    multi = sizes[group_id] > 1
-    star = multi & ~verify
-    edges = np.stack([node[starts[group_id[star]]], node[star]], axis=1) if star.any() else none
-    check_groups = np.flatnonzero((sizes > 1) & verify[starts])
-    if check_groups.size == 0:
-        return none, edges
-    g_start, g_size = starts[check_groups], sizes[check_groups]
-    pairs = g_size == 2  # the common case, vectorised
-    parts = [np.stack([node[g_start[pairs]], node[g_start[pairs] + 1]], axis=1)]
-    for s, size in zip(g_start[~pairs], g_size[~pairs], strict=True):
-        members = node[s : s + size]
-        if size <= max_pair_bucket:
-            i, j = np.triu_indices(size, k=1)
-        else:  # a large bucket (a template): every member against the first max_pair_bucket ones
-            lead = np.arange(max_pair_bucket)
-            i = np.repeat(lead, size)
-            j = np.tile(np.arange(size), max_pair_bucket)
-            ok = j > i
-            i, j = i[ok], j[ok]
-        parts.append(np.stack([members[i], members[j]], axis=1))
-    cand = np.concatenate(parts)
-    cand = cand[cand[:, 0] != cand[:, 1]]
-    cand = np.unique(np.sort(cand, axis=1), axis=0)
-    return cand, edges
-
-
-def _route_edges(edges: np.ndarray, k: int) -> list[np.ndarray]:
-    """Both directions of each edge ``(n, 2)``, split by the shard of the source node."""
-    both = np.concatenate([edges, edges[:, ::-1]]) if edges.size else np.zeros((0, 2), np.int64)
-    owner = both[:, 0] % k
-    return [both[owner == t] for t in range(k)]
-
-
-def find_edges(shards: list, threshold: float, max_pair_bucket: int) -> int:
-    """Buckets -> candidate pairs -> signature check where the signatures live -> edges on the shards."""
-    import ray
-
-    k = len(shards)
-    cands = [_multi(s.candidates, k, max_pair_bucket) for s in shards]  # cands[s][t]: pairs for shard t
-    attached = [_multi(shards[t].attach, k, *[cands[s][t] for s in range(k)]) for t in range(k)]
-    checked = [_multi(shards[t].check, k, threshold, *[attached[s][t] for s in range(k)]) for t in range(k)]
-    added = ray.get([shards[t].add_edge_parts.remote(*[checked[s][t] for s in range(k)]) for t in range(k)])
-    return sum(added) // 2
-
-
-# ---- stage 3-4: graph shards ----------------------------------------------------------------------------------
-def _split(values: np.ndarray, k: int) -> list[np.ndarray]:
-    owner = values % k
-    return [values[owner == t] for t in range(k)]
-
-
-class GraphShard:
-    """The nodes ``node % num_shards == shard``: their edges, labels, keeper keys and final labels."""
-
-    def __init__(self, shard: int, num_shards: int) -> None:
-        self.shard, self.k = shard, num_shards
-        self._src: list[np.ndarray] = []
-        self._dst: list[np.ndarray] = []
-        self.nodes = np.zeros(0, np.int64)
-        self.label = np.zeros(0, np.int64)
-        self.keys: list[pa.Table] = []
-        self.result: pa.Table | None = None
-        self._buckets: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self._sigs: list[tuple[np.ndarray, np.ndarray]] = []
-
-    def _out(self, parts: list):
-        return parts[0] if self.k == 1 else tuple(parts)
-
-    # buckets and candidate verification
-    def add_buckets(self, bucket: np.ndarray, node: np.ndarray, verify: np.ndarray) -> int:
-        self._buckets.append((bucket, node, verify))
-        return int(bucket.size)
-
-    def add_sigs(self, nodes: np.ndarray, sigs: np.ndarray) -> int:
-        self._sigs.append((nodes, sigs))
-        return int(nodes.size)
-
-    def candidates(self, max_pair_bucket: int):
-        """Candidate pairs of this shard's buckets to the shard of their first node; exact/URL edges to theirs."""
-        parts, self._buckets = self._buckets, []
-        if parts:
-            bucket, node, verify = (np.concatenate([p[i] for p in parts]) for i in range(3))
-        else:
-            bucket, node, verify = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
-        pairs, edges = _bucket_pairs(bucket, node, verify, max_pair_bucket)
-        owner = pairs[:, 0] % self.k
-        routed = _route_edges(edges, self.k)
-        return self._out([{"pairs": pairs[owner == t], "edges": routed[t]} for t in range(self.k)])
-
-    def _signatures_of(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(found mask, signatures) of ``nodes`` from the signatures this shard holds."""
-        if not hasattr(self, "_sig_nodes"):
-            parts, self._sigs = self._sigs, []
-            if parts:
-                sig_nodes = np.concatenate([p[0] for p in parts])
-                sigs = np.concatenate([p[1] for p in parts])
-                order = np.argsort(sig_nodes, kind="stable")
-                self._sig_nodes, self._sig_values = sig_nodes[order], sigs[order]
-            else:
-                self._sig_nodes, self._sig_values = np.zeros(0, np.int64), np.zeros((0, 0), np.uint32)
-        if self._sig_nodes.size == 0 or nodes.size == 0:
-            return np.zeros(nodes.size, bool), np.zeros((nodes.size, self._sig_values.shape[1]), np.uint32)
-        idx = np.minimum(np.searchsorted(self._sig_nodes, nodes), self._sig_nodes.size - 1)
-        return self._sig_nodes[idx] == nodes, self._sig_values[idx]
-
-    def attach(self, *parts: dict):
-        """Pairs whose first node is here get its signature and go on to the shard of their second node."""
-        for part in parts:
-            if part["edges"].size:
-                self.add_edges(part["edges"][:, 0], part["edges"][:, 1])
-        pairs = np.concatenate([p["pairs"] for p in parts]) if parts else np.zeros((0, 2), np.int64)
-        found, sigs = self._signatures_of(pairs[:, 0])
-        pairs, sigs = pairs[found], sigs[found]
-        owner = pairs[:, 1] % self.k
-        return self._out([{"pairs": pairs[owner == t], "sigs": sigs[owner == t]} for t in range(self.k)])
-
-    def check(self, threshold: float, *parts: dict):
-        """Pairs whose second node is here: kept when the signature similarity reaches ``threshold``."""
-        pairs = np.concatenate([p["pairs"] for p in parts])
-        first = np.concatenate([p["sigs"] for p in parts]) if pairs.size else None
-        found, second = self._signatures_of(pairs[:, 1])
-        if pairs.size:
-            ok = found & ((first == second).mean(axis=1) >= threshold)
-            pairs = pairs[ok]
-        return self._out(_route_edges(pairs, self.k))
-
-    def add_edge_parts(self, *parts: np.ndarray) -> int:
-        """Add routed edges ``(n, 2)``; returns the directed edges this shard holds, star edges included."""
-        for part in parts:
-            if part.size:
-                self.add_edges(part[:, 0], part[:, 1])
-        self._sig_nodes = np.zeros(0, np.int64)
-        self._sig_values = np.zeros((0, 0), np.uint32)
-        return int(sum(s.size for s in self._src))
-
-    # edges and propagation
-    def add_edges(self, src: np.ndarray, dst: np.ndarray) -> int:
-        self._src.append(np.asarray(src, np.int64))
-        self._dst.append(np.asarray(dst, np.int64))
-        return int(len(src))
-
-    def finalize(self):
-        src = np.concatenate(self._src) if self._src else np.zeros(0, np.int64)
-        dst = np.concatenate(self._dst) if self._dst else np.zeros(0, np.int64)
-        self._src, self._dst = [], []
-        if src.size:
-            pairs = np.unique(np.stack([src, dst], axis=1), axis=0)
-            src, dst = pairs[:, 0], pairs[:, 1]
-        self.nodes = np.unique(src)
-        self.label = self.nodes.copy()
-        self.edge_src = np.searchsorted(self.nodes, src)
-        # neighbour labels are asked from their owners once per round, in a fixed order
-        owner = dst % self.k
-        self.requests = [np.unique(dst[owner == t]) for t in range(self.k)]
-        offsets = np.cumsum([0] + [r.size for r in self.requests])
-        self.edge_answer = np.empty(dst.size, dtype=np.int64)
-        for t in range(self.k):
-            sel = owner == t
-            self.edge_answer[sel] = offsets[t] + np.searchsorted(self.requests[t], dst[sel])
-        return self._out(self.requests)
-
-    def lookup(self, *requests: np.ndarray):
-        """Current labels of the nodes each shard asks for (in its order)."""
-        out = []
-        for req in requests:
-            idx = np.searchsorted(self.nodes, req)
-            out.append(self.label[np.minimum(idx, max(self.nodes.size - 1, 0))] if self.nodes.size else req.copy())
-        return self._out(out)
-
-    def propagate(self, *answers: np.ndarray) -> int:
-        neighbour = np.concatenate(answers) if answers else np.zeros(0, np.int64)
-        new = self.label.copy()
-        if self.edge_src.size:
-            np.minimum.at(new, self.edge_src, neighbour[self.edge_answer])
-        changed = int(np.count_nonzero(new < self.label))
-        self.label = new
-        return changed
-
-    def jump_requests(self):
-        self._jump = [np.unique(self.label[self.label % self.k == t]) for t in range(self.k)]
-        return self._out(self._jump)
-
-    def jump(self, *answers: np.ndarray) -> int:
-        new = self.label.copy()
-        owner = self.label % self.k
-        for t, (req, ans) in enumerate(zip(self._jump, answers, strict=True)):
-            sel = owner == t
-            if sel.any():
-                new[sel] = np.minimum(new[sel], ans[np.searchsorted(req, self.label[sel])])
-        changed = int(np.count_nonzero(new < self.label))
-        self.label = new
-        return changed
-
-    # keeper
-    def add_keys(self, keys: pa.Table) -> int:
-        if self.nodes.size == 0 or keys.num_rows == 0:
-            return 0
-        mask = np.isin(keys["node"].to_numpy(zero_copy_only=False), self.nodes)
-        if mask.any():
-            self.keys.append(keys.filter(pa.array(mask)))
-        return int(mask.sum())
-
-    def to_roots(self):
-        """Members (with keeper keys; absent rows flagged) sent to the shard of their component root."""
-        members = pa.table({"node": self.nodes, "root": self.label})
-        if self.keys:
-            keys = pa.concat_tables(self.keys)
-            keys = (
-                keys.group_by("node", use_threads=False)
-                .aggregate([("quality", "max"), ("fetch", "min"), ("doc_id", "min")])
-                .rename_columns(["node", "quality", "fetch", "doc_id"])
-            )
-            members = members.join(keys, "node", join_type="left outer")
-        else:
-            members = members.append_column("quality", pa.nulls(members.num_rows, pa.float64()))
-            members = members.append_column("fetch", pa.nulls(members.num_rows, pa.string()))
-            members = members.append_column("doc_id", pa.nulls(members.num_rows, pa.string()))
-        self.keys = []
-        present = pc.is_valid(members["quality"])
-        members = members.append_column("present", present)
-        roots = members["root"].to_numpy(zero_copy_only=False)
-        owner = roots % self.k
-        return self._out([members.filter(pa.array(owner == t)) for t in range(self.k)])
-
-    def resolve(self, *member_tables: pa.Table):
-        """For the roots this shard owns: size (present members) and keeper; results go to the members' shards."""
-        members = pa.concat_tables(member_tables).filter(pc.field("present"))
-        empty = pa.table(
-            {
-                "node": pa.array([], pa.int64()),
-                "cluster_id": pa.array([], pa.string()),
-                "size": pa.array([], pa.int64()),
-                "keep": pa.array([], pa.bool_()),
-            }
-        )
-        if members.num_rows == 0:
-            return self._out([empty] * self.k)
-        members = members.sort_by(
-            [
-                ("root", "ascending"),
-                ("quality", "descending"),
-                ("fetch", "ascending"),
-                ("doc_id", "ascending"),
-                ("node", "ascending"),
-            ],
-            null_placement="at_end",
-        )
-        root = members["root"].to_numpy(zero_copy_only=False)
-        first = np.ones(root.size, dtype=bool)
-        first[1:] = root[1:] != root[:-1]
-        starts = np.flatnonzero(first)
-        sizes = np.diff(np.append(starts, root.size))
-        group = np.cumsum(first) - 1
-        doc_ids = members["doc_id"].to_numpy(zero_copy_only=False)
-        nodes = members["node"].to_numpy(zero_copy_only=False)
-        keeper_id = np.array(
-            [d if d is not None else str(n) for d, n in zip(doc_ids[starts], nodes[starts], strict=True)],
-            dtype=object,
-        )
-        out = pa.table(
-            {
-                "node": nodes,
-                "cluster_id": pa.array(keeper_id[group], pa.string()),
-                "size": pa.array(sizes[group], pa.int64()),
-                "keep": pa.array(first),
-            }
-        )
-        owner = nodes % self.k
-        return self._out([out.filter(pa.array(owner == t)) for t in range(self.k)])
-
-    def store(self, *results: pa.Table) -> dict[str, Any]:
-        result = pa.concat_tables(results).sort_by("node")
-        self.result = result
-        self._result_nodes = result["node"].to_numpy(zero_copy_only=False)
-        keep = result["keep"].to_numpy(zero_copy_only=False)
-        sizes = result["size"].to_numpy(zero_copy_only=False)
-        # each cluster counted once: by its keeper row
-        hist = Counter(int(s) for s in sizes[keep] if s > 1)
-        return {"histogram": dict(hist), "duplicates": int((~keep).sum())}
-
-    def labels_for(self, nodes: np.ndarray) -> pa.Table:
-        """(found, cluster_id, size, keep) for the given nodes, in their order."""
-        if self.result is None or self.result.num_rows == 0:
-            return pa.table({"found": np.zeros(nodes.size, bool)})
-        idx = np.searchsorted(self._result_nodes, nodes)
-        idx = np.minimum(idx, self._result_nodes.size - 1)
-        found = self._result_nodes[idx] == nodes
-        picked = self.result.take(pa.array(idx))
-        return picked.drop_columns(["node"]).append_column("found", pa.array(found))
-
-
-def _multi(method, k: int, *args) -> list:
-    refs = method.options(num_returns=k).remote(*args)
-    return [refs] if k == 1 else list(refs)
-
-
-def _send_edges(batch: pa.Table, shards: list) -> pa.Table:
-    import ray
-
-    src = batch["src"].to_numpy(zero_copy_only=False)
-    dst = batch["dst"].to_numpy(zero_copy_only=False)
-    k = len(shards)
-    both_src, both_dst = np.concatenate([src, dst]), np.concatenate([dst, src])
-    owner = both_src % k
-    ray.get([shards[t].add_edges.remote(both_src[owner == t], both_dst[owner == t]) for t in range(k)])
-    return pa.table({"edges": pa.array([src.size], pa.int64())})
 
 
 def _send_keys(batch: pa.Table, shards: list, quality: str | None, fetch_time_column: str) -> pa.Table:
@@ -687,23 +341,6 @@ def _without_ids(batch: pa.Table, ids: pa.Array) -> pa.Table:
 def _column_total(ds, column: str) -> int:
     """Run ``ds`` and add up one small count column (a row per block; cheaper than Ray's shuffle-based sum)."""
     return sum(int(pc.sum(b[column]).as_py() or 0) for b in ds.iter_batches(batch_format="pyarrow", batch_size=None))
-
-
-def connected_components(shards: list, max_rounds: int) -> int:
-    """Min-label propagation with pointer jumping across the shard actors; returns the number of rounds."""
-    import ray
-
-    k = len(shards)
-    requests = [_multi(s.finalize, k) for s in shards]  # requests[s][t]
-    for rounds in range(1, max_rounds + 1):
-        answers = [_multi(shards[t].lookup, k, *[requests[s][t] for s in range(k)]) for t in range(k)]
-        changed = ray.get([shards[s].propagate.remote(*[answers[t][s] for t in range(k)]) for s in range(k)])
-        jump_req = [_multi(s.jump_requests, k) for s in shards]
-        jump_ans = [_multi(shards[t].lookup, k, *[jump_req[s][t] for s in range(k)]) for t in range(k)]
-        changed += ray.get([shards[s].jump.remote(*[jump_ans[t][s] for t in range(k)]) for s in range(k)])
-        if sum(changed) == 0:
-            return rounds
-    raise RuntimeError(f"connected components did not converge in {max_rounds} rounds")
 
 
 # ---- the pipeline -------------------------------------------------------------------------------------------
@@ -839,10 +476,10 @@ def dedup_table(
                 },
             )
             _column_total(sent, "rows")
-            report.edges = find_edges(shards, config.threshold, config.max_pair_bucket)
+            report.edges = find_edges(shards, config.threshold, config.max_pair_bucket, OnActors)
         stages.update()
         stage("components")
-        report.rounds = connected_components(shards, config.max_rounds) if report.edges else 0
+        report.rounds = connected_components(shards, config.max_rounds, OnActors) if report.edges else 0
         stages.update()
 
         # 4. keepers
@@ -858,16 +495,8 @@ def dedup_table(
                 fn_kwargs={"shards": shards, "quality": config.quality, "fetch_time_column": config.fetch_time_column},
             )
             _column_total(sent_keys, "rows")
-            tables = [_multi(s.to_roots, config.num_shards) for s in shards]
-            k = config.num_shards
-            results = [_multi(shards[t].resolve, k, *[tables[s][t] for s in range(k)]) for t in range(k)]
-            stats = ray.get([shards[s].store.remote(*[results[t][s] for t in range(k)]) for s in range(k)])
-            hist: Counter = Counter()
-            for st in stats:
-                hist.update({int(size): n for size, n in st["histogram"].items()})
-                report.duplicates += st["duplicates"]
-            report.size_histogram = dict(sorted(hist.items()))
-            report.clusters = sum(hist.values())
+            report.size_histogram, report.duplicates = resolve_keepers(shards, OnActors)
+            report.clusters = sum(report.size_histogram.values())
         stages.update()
 
         # 5. labels -> the attribute table (a few bytes per row gathered here; the documents are not rewritten)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 
-from lake.errors import UsageError
+from core.errors import UsageError
 from operators.base import RecipeError
 from operators.ingest import decode_html, rows_to_table
 from operators.recipe import DEFAULT_RECIPE, load_recipe

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 import fsspec
 
-from lake.errors import UsageError
+from core.errors import UsageError
 
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
 RAW_SNIPPET_CHARS = 2000

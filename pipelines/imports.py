@@ -24,7 +24,7 @@ from tqdm import tqdm
 from catalog.runs import record_run
 from catalog.schemas import IMPORT_KINDS, rejects_table_for, schema_for
 from catalog.store import Lakehouse, parse_identifier
-from lake.errors import UsageError
+from core.errors import UsageError
 from pipelines.files import RAW_SNIPPET_CHARS, Reject, check_inputs, file_digest, iter_records
 
 Row = dict

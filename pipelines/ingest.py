@@ -2,14 +2,19 @@
 
 Flow per group of inputs: Ray Data reads records (one task per input, streaming), an actor pool runs the
 recipe's operators on pyarrow batches (stateful operators load their models and blocklists once per actor), the
-recipe's decision step splits each batch into kept rows and rejects, and the driver commits both tables
-(idempotent on ``(input_digest, record_key)``) and then records the run in ``lake.runs``. Inputs a succeeded
-run already committed are skipped, so re-running after a crash resumes and never duplicates rows.
+recipe's decision step splits each batch into kept rows and rejects, write tasks put both into Parquet data files
+of the two tables (``pipelines.ingest_write``, one input per file), and the driver, which sees only those files'
+descriptions and the counts, commits them (one fast-append per table; an input already in a table is left out,
+so a re-run after a crash between the two commits adds nothing twice) and then records the run in
+``lake.runs``. Inputs a succeeded run already committed are skipped, so re-running resumes and never duplicates
+rows. The driver's memory does not grow with the size of the input.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import os
 import time
 import uuid
@@ -22,23 +27,32 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from catalog.datafiles import unpack
 from catalog.runs import committed_inputs, record_run
 from catalog.schemas import rejects_table_for
 from catalog.store import Lakehouse, parse_identifier
-from lake.config import LakeConfig
-from lake.errors import LakeError, UsageError
-from operators.base import RecipeError
+from core.config import LakeConfig
+from core.errors import LakeError, UsageError
+from operators.base import RecipeError, Resources
 from operators.decide import INGEST_STAGE, Decision, StageCounts
 from operators.recipe import DEFAULT_RECIPE, Recipe, load_recipe
 from pipelines.files import check_inputs, file_digest
+from pipelines.ingest_write import (
+    REJECT_EXTRA_FIELDS,
+    TIMING_PREFIX,
+    GroupCounts,
+    GroupFiles,
+    GroupWrites,
+    add_counts,
+    document_fields,
+    write_batch,
+)
 
-TIMING_PREFIX = "_seconds_"
-# reader columns that are not kept on documents: the raw payload is reachable through source_uri + offset
-DROP_FROM_DOCUMENTS = ("html", "reject_reason", "reject_detail")
 INGEST_COMMAND = "ingest"
 LINEAGE_COLUMNS = ("input_uri", "input_digest", "record_key")
-BATCH_ROWS = 64
 BLOCK_BYTES = 2 * 1024 * 1024
+# rows per write task: one data file per input of the batch (~10 MB of text at typical page sizes)
+WRITE_ROWS = 4096
 
 
 @dataclass(frozen=True)
@@ -164,6 +178,20 @@ class RecipeRunner:
         return run_recipe(self.recipe, batch, self.schedule)
 
 
+def stage_resources(recipe: Recipe) -> Resources:
+    """What the one actor-pool stage running every operator of the recipe asks of Ray: the operators are fused (a
+    batch goes through all of them in one actor, the raw HTML never leaves it), so the stage takes the largest CPU
+    and GPU need and the smallest batch any operator declares (extraction's 64 pages, so that one big input still
+    spreads over every actor). It is an actor pool, so stateful operators load their models once per actor."""
+    declared = [op.resources for op in recipe.operators]
+    return Resources(
+        num_cpus=max(r.num_cpus for r in declared),
+        num_gpus=max(r.num_gpus for r in declared),
+        batch_size=min(r.batch_size for r in declared),
+        stateful=True,
+    )
+
+
 def filter_schedule(recipe: Recipe) -> dict[int, Decision]:
     """Hard filters applied as early as their columns exist: after step ``k`` (-1: before any operator).
 
@@ -276,7 +304,8 @@ def ingest(
     rejects_table = rejects_table_for(table)
     lake.ensure_table(rejects_table, "rejects")
     done = committed_inputs(lake, table, INGEST_COMMAND)
-    todo = [i for i in inputs if i.digest not in done]
+    # one input per digest: two copies of the same bytes are one input (their rows would share keys)
+    todo = list({i.digest: i for i in reversed(inputs) if i.digest not in done}.values())[::-1]
     report = IngestReport(
         table=table, run_id=uuid.uuid4().hex, inputs=len(inputs), skipped_inputs=len(inputs) - len(todo)
     )
@@ -308,8 +337,13 @@ def _ingest_group(
 ) -> None:
     import ray
 
+    # the schemas take every column a row can have before any worker writes a file with them
+    lake.add_columns(table, document_fields(recipe))
+    lake.add_columns(rejects_table, REJECT_EXTRA_FIELDS)
+    writes = GroupWrites(lake.file_writer(table), lake.file_writer(rejects_table), report.run_id, datetime.now(UTC))
+    resources = stage_resources(recipe)
     items = [{"uri": i.uri, "digest": i.digest, "kind": i.kind, "urls_file": i.urls_file} for i in group]
-    cpus = max(1, int(ray.available_resources().get("CPU", 1)))
+    cpus = max(1, int(ray.available_resources().get("CPU", 1) // max(resources.num_cpus, 1e-9)))
     # Small blocks, so that the records of one big input spread over every actor: a read task's output is
     # otherwise buffered into blocks of up to 128 MB, each of which one actor works through alone (a streaming
     # repartition instead needs a free CPU, and stalls while the actors hold them all). A dataset copies the
@@ -327,11 +361,12 @@ def _ingest_group(
                 RecipeRunner,
                 fn_constructor_kwargs={"recipe_path": recipe_file},
                 batch_format="pyarrow",
-                batch_size=BATCH_ROWS,
+                batch_size=resources.batch_size,
                 # two actors from the start: a pool of one only grows after a backlog, and each new actor pays for
                 # loading its models; bigger clusters grow the pool up to every CPU
                 compute=ray.data.ActorPoolStrategy(min_size=min(2, cpus), max_size=cpus),
-                num_cpus=1,
+                num_cpus=resources.num_cpus,
+                num_gpus=resources.num_gpus,
                 # Ray Data restarts dead actors by default, and Ray logs an error per actor because the constructor
                 # arguments sit in the object store; a dead actor fails the run instead (nothing is committed for the
                 # group, and the re-run resumes). Ray 2.60 has no named parameter for it yet, hence the filter above.
@@ -339,48 +374,50 @@ def _ingest_group(
             )
         )
     context.target_max_block_size = saved_block_bytes
-    kept_parts, reject_parts = [], []
+    # workers write the data files; only their descriptions and the counts reach the driver
+    dataset = dataset.map_batches(
+        functools.partial(write_batch, writes=writes), batch_format="pyarrow", batch_size=WRITE_ROWS, num_cpus=0
+    )
+    counts, files = GroupCounts(), GroupFiles()
     for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-        is_kept = pc.is_null(batch["reject_stage"])
-        kept_parts.append(batch.filter(is_kept))
-        reject_parts.append(batch.filter(pc.invert(is_kept)))
-    if not kept_parts:
+        for row in batch.to_pylist():
+            if row["what"] == "counts":
+                counts.add(json.loads(row["payload"]))
+            else:
+                files.add(row["what"], row["input_digest"], unpack(row["payload"]))
+    if not counts.records:
         return
-    labelled = pa.concat_tables(kept_parts + reject_parts, promote_options="permissive")
-    group_counts = _stage_counts(recipe, labelled)
-    kept = pa.concat_tables(kept_parts, promote_options="permissive")
-    rejected = pa.concat_tables(reject_parts, promote_options="permissive")
-    records = labelled.num_rows
-    if kept.num_rows + rejected.num_rows != records:  # the nothing-lost invariant, checked every group
-        raise LakeError(f"accounting error: {records} records != {kept.num_rows} kept + {rejected.num_rows} rejected")
+    # the nothing-lost invariant, checked every group: what the workers wrote is what they counted
+    if (files.rows("documents"), files.rows("rejects")) != (counts.kept, counts.rejected) or (
+        counts.kept + counts.rejected != counts.records
+    ):
+        raise LakeError(
+            f"accounting error: {counts.records} records, {counts.kept} kept + {counts.rejected} rejected counted, "
+            f"{files.rows('documents')} + {files.rows('rejects')} written"
+        )
+    group_counts = counts.funnel(recipe)
 
     if open_mlflow_run is not None and report.mlflow_run_id is None:
         report.mlflow_run_id = open_mlflow_run(report)
-    now = datetime.now(UTC)
-    documents = _documents(kept, report.run_id, now)
-    lake.add_columns(table, [f for f in documents.schema if f.name not in ("ingested_at",)])
-    doc_result = lake.append(table, documents, snapshot_properties={"lake.run_id": report.run_id})
+    properties = {"lake.run_id": report.run_id}
+    doc_result = lake.append_files(table, files.by_input["documents"], snapshot_properties=properties)
     _fault_point("after_documents_commit")
-    reject_rows = _rejects(rejected, table, report.run_id, now)
-    lake.add_columns(rejects_table, reject_rows.schema)
-    lake.append(rejects_table, reject_rows, snapshot_properties={"lake.run_id": report.run_id})
+    lake.append_files(rejects_table, files.by_input["rejects"], snapshot_properties=properties)
     digests = [i.digest for i in group]
-    _check_landed(lake, table, digests, kept.num_rows)
-    _check_landed(lake, rejects_table, digests, rejected.num_rows)
+    _check_landed(lake, table, digests, counts.kept)
+    _check_landed(lake, rejects_table, digests, counts.rejected)
 
-    report.records += records
-    report.documents += kept.num_rows
-    report.rejects += rejected.num_rows
-    for name, counts in group_counts.items():
-        report.stages[name] = report.stages.get(name, StageCounts()) + counts
-    for reason, n in _value_counts(rejected, "reject_reason").items():
-        report.rejects_by_reason[reason] = report.rejects_by_reason.get(reason, 0) + n
-    for lang, n in _value_counts(kept, "lang").items():
-        report.languages[lang] = report.languages.get(lang, 0) + n
-    counts = {
-        "records": records,
-        "documents": kept.num_rows,
-        "rejects": rejected.num_rows,
+    report.records += counts.records
+    report.documents += counts.kept
+    report.rejects += counts.rejected
+    for name, stage_counts in group_counts.items():
+        report.stages[name] = report.stages.get(name, StageCounts()) + stage_counts
+    add_counts(report.rejects_by_reason, counts.reasons)
+    add_counts(report.languages, counts.languages)
+    run_counts = {
+        "records": counts.records,
+        "documents": counts.kept,
+        "rejects": counts.rejected,
         "new_documents": doc_result.written,
         "stages": {k: v.to_dict() for k, v in group_counts.items()},
     }
@@ -391,7 +428,7 @@ def _ingest_group(
         run_id=report.run_id,
         started_at=started_at,
         inputs=[{"uri": i.uri, "digest": i.digest} for i in group],
-        counts=counts,
+        counts=run_counts,
         # a re-run after a crash adds no rows: it vouches for the snapshot the crashed run left
         snapshot_id=doc_result.snapshot_id or lake.resolve_snapshot(table, None),
         mlflow_run_id=report.mlflow_run_id,
@@ -411,86 +448,3 @@ def _fault_point(name: str) -> None:
     """Crash on purpose where ``LAKE_FAULT`` says so: how the resume tests kill a run between two commits."""
     if os.environ.get("LAKE_FAULT") == name:
         raise RuntimeError(f"injected fault at {name}")
-
-
-def _stage_counts(recipe: Recipe, labelled: pa.Table) -> dict[str, StageCounts]:
-    """Funnel: rows in / kept / dropped per reason / seconds for the reader and each operator stage."""
-    stages = [INGEST_STAGE] + [op.name for op in recipe.operators]
-    dropped: dict[str, dict[str, int]] = {s: {} for s in stages}
-    mask = pc.is_valid(labelled["reject_stage"])
-    for item in pc.value_counts(
-        pc.binary_join_element_wise(
-            labelled.filter(mask)["reject_stage"], labelled.filter(mask)["reject_reason"], "\x1f"
-        )
-    ).to_pylist():
-        stage, reason = item["values"].split("\x1f", 1)
-        dropped.setdefault(stage, {})[reason] = item["counts"]
-    counts, rows = {}, labelled.num_rows
-    for stage in list(dropped):
-        column = f"{TIMING_PREFIX}{stage}"
-        seconds = pc.sum(labelled[column]).as_py() if column in labelled.column_names else 0.0
-        gone = sum(dropped[stage].values())
-        counts[stage] = StageCounts(rows, rows - gone, dropped[stage], float(seconds or 0.0))
-        rows -= gone
-    return counts
-
-
-def _value_counts(table: pa.Table, column: str) -> dict[str, int]:
-    if column not in table.column_names or table.num_rows == 0:
-        return {}
-    return {
-        str(i["values"]): int(i["counts"])
-        for i in pc.value_counts(table[column]).to_pylist()
-        if i["values"] is not None
-    }
-
-
-def _documents(kept: pa.Table, run_id: str, now: datetime) -> pa.Table:
-    drop = [
-        c for c in kept.column_names if c.startswith(TIMING_PREFIX) or c in DROP_FROM_DOCUMENTS or c == "reject_stage"
-    ]
-    docs = kept.drop_columns(drop)
-    docs = docs.append_column("run_id", pa.array([run_id] * docs.num_rows, pa.string()))
-    docs = docs.append_column("ingested_at", pa.array([now] * docs.num_rows, pa.timestamp("us", tz="UTC")))
-    return _plain_types(docs)
-
-
-def _rejects(rejected: pa.Table, table: str, run_id: str, now: datetime) -> pa.Table:
-    n = rejected.num_rows
-
-    def col(name: str) -> pa.Array:
-        return rejected[name] if name in rejected.column_names else pa.nulls(n, pa.string())
-
-    return _plain_types(
-        pa.table(
-            {
-                "stage": col("reject_stage"),
-                "reason": col("reject_reason"),
-                "detail": col("reject_detail"),
-                "target_table": pa.array([table] * n, pa.string()),
-                "raw": col("url"),
-                "source_offset": rejected["source_offset"],
-                "input_uri": col("input_uri"),
-                "input_digest": col("input_digest"),
-                "record_key": col("record_key"),
-                "ingested_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
-                "run_id": pa.array([run_id] * n),
-                "url": col("url"),
-                "doc_id": col("doc_id"),
-                "source_uri": col("source_uri"),
-            }
-        )
-    )
-
-
-def _plain_types(table: pa.Table) -> pa.Table:
-    """Iceberg has one string type; large_string/large_list from Arrow compute become the plain ones."""
-    fields = []
-    for f in table.schema:
-        t = f.type
-        if pa.types.is_large_string(t) or pa.types.is_null(t):
-            t = pa.string()
-        elif pa.types.is_large_list(t):
-            t = pa.list_(pa.string() if pa.types.is_large_string(t.value_type) else t.value_type)
-        fields.append(pa.field(f.name, t))
-    return table.cast(pa.schema(fields))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 
-from lake.config import LakeConfig
+from core.config import LakeConfig
 from pipelines.tracking import log_png, start_run
 
 EXPERIMENT = "lake-ingest"

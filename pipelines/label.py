@@ -26,8 +26,8 @@ from catalog import attributes
 from catalog.attributes import read_parquet_columns
 from catalog.runs import record_run
 from catalog.store import Lakehouse
-from lake.config import LakeConfig
-from lake.errors import UsageError
+from core.config import LakeConfig
+from core.errors import UsageError
 from operators.base import Operator
 
 

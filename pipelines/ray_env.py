@@ -7,8 +7,7 @@ import os
 import sys
 import warnings
 
-from lake.config import LakeConfig
-from lake.services import use_ray_auth
+from core.config import LakeConfig, use_ray_auth
 
 
 def init_ray(cfg: LakeConfig, num_cpus: int | None = None) -> None:

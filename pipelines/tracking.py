@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lake.config import LakeConfig
-from lake.locks import first_use_lock
+from core.config import LakeConfig
+from core.locks import first_use_lock
 
 
 def _is_local_store(uri: str) -> bool:

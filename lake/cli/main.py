@@ -7,9 +7,8 @@ import sys
 
 import click
 
-from lake import services
 from lake.cli.context import CliContext
-from lake.config import load_config
+from lake.config import load_config, publish
 from lake.errors import LakeError
 
 
@@ -52,8 +51,9 @@ def cli(ctx: click.Context, config_file: str | None) -> None:
     except LakeError as exc:
         click.echo(f"lake: error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    # Ray reads this in every process it starts; stack.md: never leave it to chance
-    services.use_ray_auth(config)
+    # Ray reads these in every process it starts (auth: stack.md, never leave it to chance; the data dir also
+    # when it came from --config, which workers would not find)
+    publish(config)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     ctx.obj = CliContext(config)
 

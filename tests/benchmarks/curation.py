@@ -170,10 +170,25 @@ def _proc_table() -> dict[int, tuple[int, float]]:
     return table
 
 
+def peak_rss_bytes(pid: int) -> int | None:
+    """The peak resident set of one process (``VmHWM``, that process alone, not its children)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def timed_run(
-    cmd: list[str], timeout: float | None = None, **kwargs
+    cmd: list[str], timeout: float | None = None, peak: dict[str, int] | None = None, **kwargs
 ) -> tuple[float, float, subprocess.CompletedProcess]:
     """Run ``cmd``; returns (wall seconds, CPU seconds of its whole process tree, completed process).
+
+    With ``peak`` given, ``peak["rss_bytes"]`` is the command's own peak RSS (the driver, without Ray's
+    processes), as last sampled before it exited.
 
     CPU time is sampled from /proc every 0.2 s over the command and all its descendants (Ray's GCS, raylet and
     workers; datatrove's pool and extractor sandboxes), keeping each process's last reading, so the CPU of a
@@ -198,6 +213,8 @@ def timed_run(
             for pid in tree:
                 if pid in table:
                     cpu[pid] = table[pid][1]
+            if peak is not None:
+                peak["rss_bytes"] = max(peak.get("rss_bytes", 0), peak_rss_bytes(proc.pid) or 0)
             if done.wait(0.2):
                 return
 

@@ -183,3 +183,13 @@ def test_signatures_are_seeded_and_named_by_engine():
     with pytest.raises(ValueError):
         MinHashSignature(engine="magic")
 
+
+
+def test_text_rules_and_dedup_share_one_cjk_definition():
+    from operators.text import CJK_RE, split_words
+
+    # supplementary-plane ideographs, half-width and small katakana, BMP Han, a Latin word
+    text = "\U00020000\U00020001\U0002a700 ｱｲｳ ㇰㇱ 漢字 word"
+    assert len(CJK_RE.findall(text)) == 10
+    hashes, offsets = token_hashes([text])
+    assert int(offsets[1] - offsets[0]) == len(split_words(text)) == 11

@@ -28,9 +28,9 @@ operators:
   - url_filter: {categories: [gambling], url_words: true}
   - language_id: {}
 hard_filters:
-  - {name: url_blocked, when: "url_blocked == true", detail: url_block_reason}
-  - {name: empty_text, when: "text is empty"}
-  - {name: lang_not_kept, when: "lang not in $languages", detail: lang}
+  - {name: url_blocked, when: "url_blocked", detail: url_block_reason}
+  - {name: empty_text, when: "coalesce(trim(text), '') = ''"}
+  - {name: lang_not_kept, when: "coalesce(lang, '') NOT IN $languages", detail: lang}
 """
 
 
@@ -93,8 +93,9 @@ def test_languages_null_keeps_every_language(tmp_path):
         ("categories: [gambling]", "categories: [nope]", "no UT1 lists for category 'nope'"),
         ("language_id: {}", "language_id: {model_path: /nonexistent.ftz}", "model not found"),
         ("name: own", "nmae: own", "unknown recipe key"),
-        ("lang not in $languages", "lang not in languages", "needs a \\[list\\]"),
-        ("text is empty", "quality > 1", "column 'quality', which no step writes"),
+        ("NOT IN $languages", "NOT IN $langs", "unknown variable \\$langs"),
+        ("NOT IN $languages", "NOT IN [zh, en]", "cannot parse expression"),
+        ("coalesce(trim(text), '') = ''", "quality > 1", "column 'quality', which no step writes"),
         ("  - language_id: {}\n", "", "column 'lang', which no step writes"),
         ("languages: [zh, en]", "languages: zh", "'languages' must be a list"),
         ("operators:", "operators: []\nx:", "unknown recipe key"),
