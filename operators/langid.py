@@ -54,6 +54,4 @@ class LanguageID(Operator):
             for (i, _), label, prob in zip(todo, labels, probs, strict=True):
                 langs[i] = label[0].removeprefix(_LABEL_PREFIX)
                 scores[i] = min(float(prob[0]), 1.0)  # fastText can return 1.00001
-        return with_columns(
-            batch, {"lang": pa.array(langs, pa.string()), "lang_score": pa.array(scores, pa.float32())}
-        )
+        return with_columns(batch, {"lang": pa.array(langs, pa.string()), "lang_score": pa.array(scores, pa.float32())})

@@ -130,12 +130,9 @@ class GopherQuality(_TextLabeler):
             "gopher_words": len(content),
             "gopher_mean_word_length": sum(map(len, content)) / len(content) if content else 0.0,
             "gopher_symbol_word_ratio": max(text.count("#"), n_ellipsis) / n_words,
-            "gopher_bullet_lines_ratio": sum(ln.lstrip().startswith(("•", "-", "●", "·")) for ln in lines)
-            / len(lines),
-            "gopher_ellipsis_lines_ratio": sum(ln.rstrip().endswith(("...", "…")) for ln in lines)
-            / len(lines),
-            "gopher_alpha_words_ratio": sum(any(c.isalpha() for c in w) for w in alpha_base)
-            / max(1, len(alpha_base)),
+            "gopher_bullet_lines_ratio": sum(ln.lstrip().startswith(("•", "-", "●", "·")) for ln in lines) / len(lines),
+            "gopher_ellipsis_lines_ratio": sum(ln.rstrip().endswith(("...", "…")) for ln in lines) / len(lines),
+            "gopher_alpha_words_ratio": sum(any(c.isalpha() for c in w) for w in alpha_base) / max(1, len(alpha_base)),
             "gopher_stop_words": stop,
         }
         stats["gopher_reason"] = self._reason(stats, cjk, text, n_words)
@@ -150,13 +147,11 @@ class GopherQuality(_TextLabeler):
             (min_avg is not None and mean < min_avg, "gopher_below_avg_threshold"),
             (max_avg is not None and mean > max_avg, "gopher_above_avg_threshold"),
             (
-                self.max_symbol_word_ratio is not None
-                and text.count("#") / n_words > self.max_symbol_word_ratio,
+                self.max_symbol_word_ratio is not None and text.count("#") / n_words > self.max_symbol_word_ratio,
                 "gopher_too_many_hashes",
             ),
             (
-                self.max_symbol_word_ratio is not None
-                and s["gopher_symbol_word_ratio"] > self.max_symbol_word_ratio,
+                self.max_symbol_word_ratio is not None and s["gopher_symbol_word_ratio"] > self.max_symbol_word_ratio,
                 "gopher_too_many_ellipsis",
             ),
             (
@@ -170,8 +165,7 @@ class GopherQuality(_TextLabeler):
                 "gopher_too_many_end_ellipsis",
             ),
             (
-                self.min_alpha_words_ratio is not None
-                and s["gopher_alpha_words_ratio"] < self.min_alpha_words_ratio,
+                self.min_alpha_words_ratio is not None and s["gopher_alpha_words_ratio"] < self.min_alpha_words_ratio,
                 "gopher_below_alpha_threshold",
             ),
             (

@@ -24,12 +24,16 @@ PORTS = {"LAKE_RAY_PORT": "6391", "LAKE_RAY_DASHBOARD_PORT": "8266", "LAKE_MLFLO
 def lake_up(home: Path, **extra: str):
     """`lake up` in a fresh home with the test ports; yields (environment, the up's result); `lake down` after."""
     env = {k: v for k, v in os.environ.items() if k not in LEAKY_ENV}
-    env |= PORTS | extra | {
-        "LAKE_HOME": str(home),
-        "LAKE_DATA_DIR": str(DATA_DIR),
-        "RAY_AUTH_MODE": "disabled",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
+    env |= (
+        PORTS
+        | extra
+        | {
+            "LAKE_HOME": str(home),
+            "LAKE_DATA_DIR": str(DATA_DIR),
+            "RAY_AUTH_MODE": "disabled",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+        }
+    )
     up = run_lake("up", env=env, cwd=REPO, timeout=400)
     try:
         assert up.returncode == 0, up.stdout + up.stderr

@@ -228,8 +228,10 @@ def main() -> None:
             "digest": digests[0][:16],
             "second_unchanged": reports[1].unchanged,
             "tokens": reports[0].tokens,
-            "buckets": {b["name"]: {"effective_epochs": b["effective_epochs"], "documents": b["documents_available"]}
-                        for b in reports[0].buckets},  # fmt: skip
+            "buckets": {
+                b["name"]: {"effective_epochs": b["effective_epochs"], "documents": b["documents_available"]}
+                for b in reports[0].buckets
+            },  # fmt: skip
         },
     }
     print(json.dumps(result))

@@ -184,7 +184,6 @@ def test_signatures_are_seeded_and_named_by_engine():
         MinHashSignature(engine="magic")
 
 
-
 def test_text_rules_and_dedup_share_one_cjk_definition():
     from operators.text import CJK_RE, split_words
 

@@ -96,9 +96,7 @@ def test_wget_chunked_bodies_are_dechunked():
 
 
 def test_gbk_pages_decode_to_chinese():
-    by_host = {
-        re.match(r"https?://([^/]+)", r["url"]).group(1): r for r in rows("cc-2020-zh-resiliparse.warc.gz")
-    }
+    by_host = {re.match(r"https?://([^/]+)", r["url"]).group(1): r for r in rows("cc-2020-zh-resiliparse.warc.gz")}
     for host in GBK_HOSTS:
         row = by_host[host]
         assert row["charset"] == "gb18030", host
@@ -216,9 +214,7 @@ def test_html_dir_gbk_without_headers():
     root = data_dir() / "web" / "cx-extractor"
     result = list(iter_html_dir(root / "RawHtml", urls_file=root / "index.jsonl"))
     assert len(result) == 74
-    index = {
-        json.loads(line)["html_path"].split("/")[-1]: json.loads(line) for line in open(root / "index.jsonl")
-    }
+    index = {json.loads(line)["html_path"].split("/")[-1]: json.loads(line) for line in open(root / "index.jsonl")}
     for row in result:
         entry = index[row["source_uri"].split("/")[-1]]
         assert row["reject_reason"] is None and row["charset"] == "gb18030"

@@ -38,8 +38,7 @@ def test_gold_texts_by_language(op):
 
 def test_plain_text_files(op):
     paragraphs = [
-        json.loads(line)["text"]
-        for line in open(data_dir() / "text" / "cmrc2018_trial_zh_wiki_paragraphs.jsonl")
+        json.loads(line)["text"] for line in open(data_dir() / "text" / "cmrc2018_trial_zh_wiki_paragraphs.jsonl")
     ]
     assert {lang for lang, _ in detect(op, paragraphs)} == {"zh"}
     wiki = (data_dir() / "text" / "wiki_demo.txt").read_text(encoding="utf-8").splitlines()[:5]

@@ -23,9 +23,7 @@ def default_filter() -> URLFilter:
 def label(op: URLFilter, urls: list[str | None]) -> list[tuple[str | None, bool, str | None]]:
     out = op(pa.table({"url": pa.array(urls, pa.string()), "n": list(range(len(urls)))}))
     assert out.column("n").to_pylist() == list(range(len(urls)))  # rows kept, in order
-    return list(
-        zip(*(out.column(c).to_pylist() for c in ("domain", "url_blocked", "url_block_reason")), strict=True)
-    )
+    return list(zip(*(out.column(c).to_pylist() for c in ("domain", "url_blocked", "url_block_reason")), strict=True))
 
 
 def first_entry(path) -> str:
@@ -63,9 +61,9 @@ def test_category_order_and_selection():
         ("0-1sex.com", False, None),
     ]
     malware = first_entry(UT1 / "malware" / "domains.gz")
-    assert label(URLFilter(categories=["malware", "phishing"], url_words=False), [f"http://{malware}/"])[0][
-        2
-    ] == ("ut1:malware")
+    assert label(URLFilter(categories=["malware", "phishing"], url_words=False), [f"http://{malware}/"])[0][2] == (
+        "ut1:malware"
+    )
     with pytest.raises(ValueError, match="no UT1 lists for category 'nope'"):
         URLFilter(categories=["nope"])
 
@@ -73,9 +71,7 @@ def test_category_order_and_selection():
 def test_ut1_urls_match_as_path_prefixes():
     op = URLFilter(categories=["adult"], url_words=False)
     listed = "101soundboards.com/boards/231587-bbw-bdsm-erotic-audio-clips"  # ut1/adult/urls
-    result = label(
-        op, [f"https://www.{listed}", f"http://{listed}/page?x=1", "http://101soundboards.com/boards/"]
-    )
+    result = label(op, [f"https://www.{listed}", f"http://{listed}/page?x=1", "http://101soundboards.com/boards/"])
     assert [r[2] for r in result] == ["ut1:adult", "ut1:adult", None]
 
 
