@@ -127,11 +127,12 @@ def encode_prompts(lake, source, template, max_prompt: int, exclude: set[str] | 
 
 def text_chunks(lake, source, tokenizer, seq_len: int, held_out: bool, limit: int) -> list[list[int]]:
     """Up to ``limit`` chunks of ``seq_len`` tokens of documents (BOS … EOS, concatenated) on one side of the 5%
-    hash split of a text table."""
-    from training.data import is_held_out, read_rows
+    hash split of a text table, documents in a seeded hash order (a sample of the whole table, not its first ids)."""
+    from training.data import is_held_out, read_rows, row_hash
 
     chunks, stream = [], []
-    for row in read_rows(lake, source, [source.text_column]):
+    rows = read_rows(lake, source, [source.text_column])
+    for row in sorted(rows, key=lambda r: row_hash(str(r[source.id_column]), "ptx")):
         if is_held_out(str(row[source.id_column]), 0.05) != held_out or not row[source.text_column]:
             continue
         stream += tokenizer.encode(row[source.text_column], bos=True, eos=True)
