@@ -54,7 +54,8 @@ class PretrainResult:
         resumed = f", resumed at step {self.resumed_from_step}" if self.resumed_from_step else ""
         return (
             f"{self.steps} steps, {self.tokens:,} tokens in {self.seconds:.1f}s "
-            f"({self.tokens_per_s or 0:,.0f} tokens/s), {ppl}, registered {self.model_uri}{resumed}"
+            f"({self.tokens_per_s or 0:,.0f} tokens/s per training step, median), {ppl}, registered "
+            f"{self.model_uri}{resumed}"
         )
 
 
@@ -157,7 +158,7 @@ def run_pretrain(cfg: LakeConfig, job: PretrainConfig, progress: bool = True) ->
         val_ppl_before=state.get("val_ppl_before"),
         val_ppl_after=final.get("val/ppl"),
         val_bpb_after=final.get("val/bpb"),
-        tokens_per_s=last.get("train/tokens_per_s"),
+        tokens_per_s=last.get("train/tokens_per_s_median"),
         data_wait_frac=last.get("train/data_wait_frac"),
         resumed_from_step=state.get("resumed_from_step", 0),
     )

@@ -177,6 +177,7 @@ def fit_with_progress(trainer, events, total_steps: int, progress: bool, desc: s
     thread = threading.Thread(target=fit, daemon=True)
     thread.start()
     last: dict[str, float] = {}
+    rates: list[float] = []  # logged steps' training throughput (one step can stall on a checkpoint or the data)
     with tqdm(total=total_steps, desc=desc, unit="step", disable=not progress) as bar:
         while thread.is_alive() or not events.empty():
             try:
@@ -184,12 +185,16 @@ def fit_with_progress(trainer, events, total_steps: int, progress: bool, desc: s
             except (queue.Empty, Exception):
                 continue
             last = metrics
+            if "train/tokens_per_s" in metrics:
+                rates.append(metrics["train/tokens_per_s"])
             bar.n = step
             bar.set_postfix(loss=f"{metrics.get('train/loss', float('nan')):.3f}", refresh=False)
             bar.refresh()
     thread.join()
     if "error" in outcome:
         raise LakeError(f"training failed: {error_line(outcome['error'])}")
+    if rates:
+        last = last | {"train/tokens_per_s_median": sorted(rates)[len(rates) // 2]}
     return outcome["result"], last
 
 
