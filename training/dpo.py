@@ -218,9 +218,13 @@ def dpo_validate(model, ctx) -> dict[str, float]:
 
 
 def dpo_figures(before: dict, after: dict, held_out: int) -> str:
+    def f(key: str, metrics: dict) -> str:
+        return f"{round(metrics[key], 3) or 0.0:.3f}"  # no "-0.000" for a margin of -1e-9
+
+    margin, accuracy = "val/rewards/margins", "val/rewards/accuracies"
     return (
-        f"held-out margin {before['val/rewards/margins']:.3f} -> {after['val/rewards/margins']:.3f}, accuracy "
-        f"{before['val/rewards/accuracies']:.3f} -> {after['val/rewards/accuracies']:.3f} on {held_out} pairs"
+        f"held-out margin {f(margin, before)} -> {f(margin, after)}, accuracy {f(accuracy, before)} -> "
+        f"{f(accuracy, after)} on {held_out} pairs (accuracy counts ties, as at the start, as misses)"
     )
 
 
