@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import torch
 
 from catalog.rewrite import ensure_side_table
+from catalog.runs import record_run
 from catalog.schemas import MESSAGE
 from catalog.store import Lakehouse
 from lake.config import LakeConfig
@@ -187,4 +189,8 @@ def write_round(lake: Lakehouse, table: str, rows: list[dict], messages: dict, r
     iceberg = lake.table(table)
     target = iceberg.schema().as_arrow()  # column order of the table (an evolved one lists new columns last)
     rows_table = pa.Table.from_pydict(data, schema=SCHEMA).select(target.names).cast(target)
+    started = datetime.now(UTC)
     iceberg.append(rows_table, snapshot_properties={"lake.run_key": run_key, TAG_ROUND: str(round_no)})
+    record_run(lake, command=f"train bon: round {round_no}", target_table=table, run_id=f"{run_key}-r{round_no}",
+               started_at=started, inputs=[], counts={"prompts": len(rows), "reward_model": rm_uri},
+               snapshot_id=lake.resolve_snapshot(table, None))  # fmt: skip

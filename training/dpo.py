@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 import torch
@@ -171,6 +173,7 @@ def stored_reference_logps(cfg, lake, source, reference: str, template, seq_len:
     import pyarrow as pa
 
     from catalog.attributes import ensure_attribute_table, label_state, write_labels
+    from catalog.runs import record_run
     from training.checkpoint import load_pretrained
     from training.posttrain import load_base
 
@@ -191,8 +194,13 @@ def stored_reference_logps(cfg, lake, source, reference: str, template, seq_len:
         values = reference_logps(model, missing, template.tok.pad_id)
         rows = pa.table({"doc_id": [p["id"] for p in missing], "ref_chosen_logp": [v[0] for v in values],
                          "ref_rejected_logp": [v[1] for v in values]})  # fmt: skip
-        write_labels(lake, source.table, REF_LABELER, rows, version=version, source_snapshot=source.snapshot_id,
-                     run_id="", replace=state.version not in (None, version))  # fmt: skip
+        started, run_id = datetime.now(UTC), uuid.uuid4().hex
+        snapshot = write_labels(lake, source.table, REF_LABELER, rows, version=version,
+                                source_snapshot=source.snapshot_id, run_id=run_id,
+                                replace=state.version not in (None, version))  # fmt: skip
+        record_run(lake, command="train dpo: reference log-probs", target_table=ident, run_id=run_id,
+                   started_at=started, inputs=[], counts={"pairs": len(missing), "reference": ref_ref.uri},
+                   snapshot_id=snapshot)  # fmt: skip
         stored.update({p["id"]: v for p, v in zip(missing, values, strict=True)})
     return stored, lake.resolve_snapshot(ident, None)
 
