@@ -96,6 +96,7 @@ def run_best_of_n(cfg: LakeConfig, job: BestOfNConfig, progress: bool = True) ->
     policy, rounds, kept = base_ref.uri, [], {}
     for round_no in range(1, job.rounds + 1):
         rows = round_rows(lake, job.table, run_key, round_no)
+        round_tag = f"{run_key}-round-{round_no}"  # pins the round's SFT data, so a re-run finds the same run
         policy_mean = best_mean = None
         if rows is None:
             samples = sample_and_score(cfg, job, policy, template, reward_model, prompts, round_no)
@@ -105,11 +106,13 @@ def run_best_of_n(cfg: LakeConfig, job: BestOfNConfig, progress: bool = True) ->
                 if sample["id"] not in kept or sample["score"] > kept[sample["id"]]["score"]:
                     kept[sample["id"]] = sample
             rows = [kept[p["id"]] | {"round": round_no} for p in prompts]
-            write_round(lake, job.table, rows, messages, rm_ref.uri, run_key, round_no)
+            lake.tag(job.table, round_tag, write_round(lake, job.table, rows, messages, rm_ref.uri, run_key, round_no))
+        elif round_tag not in lake.tags(job.table):  # interrupted between the append and the tag
+            lake.tag(job.table, round_tag)
         kept = {r["id"]: r for r in rows}
         sft = SFTConfig(name=job.name, base=policy, template=template_cfg, seq_len=job.seq_len,
                         data=ChatDataConfig(table=job.table, where=f"run_key = '{run_key}' AND round = {round_no}",
-                                            val_fraction=0.1),
+                                            as_of=round_tag, val_fraction=job.val_fraction),
                         optim=job.optim, scaling=job.scaling).validate()  # fmt: skip
         result = run_stage(cfg, sft, "sft", progress,
                            tags={registry.TAG_REWARD_MODEL: rm_ref.uri, TAG_ROUND: str(round_no)})  # fmt: skip
@@ -172,8 +175,10 @@ def sample_and_score(cfg, job: BestOfNConfig, policy_uri: str, template, reward_
     return best
 
 
-def write_round(lake: Lakehouse, table: str, rows: list[dict], messages: dict, rm_uri: str, run_key: str, round_no):
-    """One append: the round's kept set, each answer as the assistant turn after its prompt."""
+def write_round(
+    lake: Lakehouse, table: str, rows: list[dict], messages: dict, rm_uri: str, run_key: str, round_no: int
+) -> int:
+    """One append: the round's kept set, each answer as the assistant turn after its prompt. Returns its snapshot."""
     data = {
         "example_id": [r["id"] for r in rows],
         "prompt": [messages[r["id"]] for r in rows],
@@ -191,6 +196,8 @@ def write_round(lake: Lakehouse, table: str, rows: list[dict], messages: dict, r
     rows_table = pa.Table.from_pydict(data, schema=SCHEMA).select(target.names).cast(target)
     started = datetime.now(UTC)
     iceberg.append(rows_table, snapshot_properties={"lake.run_key": run_key, TAG_ROUND: str(round_no)})
+    snapshot = lake.resolve_snapshot(table, None)
     record_run(lake, command=f"train bon: round {round_no}", target_table=table, run_id=f"{run_key}-r{round_no}",
                started_at=started, inputs=[], counts={"prompts": len(rows), "reward_model": rm_uri},
-               snapshot_id=lake.resolve_snapshot(table, None))  # fmt: skip
+               snapshot_id=snapshot)  # fmt: skip
+    return snapshot

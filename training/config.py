@@ -421,6 +421,7 @@ class BestOfNConfig(JobConfig):
     n: int = 4  # samples per prompt
     rounds: int = 2
     max_prompts: int = 64  # prompts per round (the first by hash order)
+    val_fraction: float = 0.2  # kept samples held out (by a hash of the prompt id) to validate each round's SFT
     seq_len: int = 256
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=48, temperature=1.0))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=0.0, max_steps=20))
@@ -433,6 +434,8 @@ class BestOfNConfig(JobConfig):
         for key in ("n", "rounds", "max_prompts"):
             if getattr(self, key) < 1:
                 problems.append(f"{key}: must be at least 1")
+        if not 0 < self.val_fraction < 1:
+            problems.append("val_fraction: must be in (0, 1)")
         problems += self.sampling.problems()
         if problems:
             raise UsageError("; ".join(problems))

@@ -140,7 +140,7 @@ def test_best_of_n_keeps_better_samples_each_round(home):
     job = {
         "name": "bon", "base": "models:/chat/1", "reward_model": "models:/rm/1",
         "data": {"table": "sft.examples", "where": "input_uri NOT LIKE '%belle_eval%'"},
-        "table": "sft.best_of_n", "n": 4, "rounds": 2, "max_prompts": 24, "seq_len": 160,
+        "table": "sft.best_of_n", "n": 4, "rounds": 2, "max_prompts": 24, "val_fraction": 0.3, "seq_len": 160,
         "sampling": {"max_new_tokens": 24, "temperature": 1.0},
         "optim": {"batch_size": 4, "max_steps": 2, "lr": 1e-3, "eval_every": 2, "checkpoint_every": 2} | FAST,
         "scaling": SCALING,
