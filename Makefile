@@ -77,7 +77,10 @@ bench: $(STAMP)
 	$(PY) tests/benchmarks/curation.py --pages 6000 --files 8
 	$(PY) tests/benchmarks/dedup.py
 	$(PY) tests/benchmarks/pretrain.py
+	$(PY) tests/benchmarks/labels.py
 	$(PY) tests/benchmarks/posttrain.py
+	$(PY) tests/benchmarks/eval.py
+	$(PY) tests/benchmarks/scale.py
 
 clean:
 	rm -rf $(DEMO) lakehouse
