@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -51,6 +52,24 @@ def lake(lake_env):
     from lake.config import load_config
 
     return Lakehouse.from_config(load_config())
+
+
+@contextlib.contextmanager
+def process_env(env: dict[str, str]):
+    """This process's environment set to ``env`` (and earlier tests' leaked MLflow settings removed) for library
+    calls made in process, restored afterwards."""
+    saved = {k: os.environ.get(k) for k in (*env, *LEAKY_ENV)}
+    for key in LEAKY_ENV:
+        os.environ.pop(key, None)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def run_lake(

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import DATA_DIR, LEAKY_ENV, REPO, run_lake
+from conftest import DATA_DIR, LEAKY_ENV, REPO, process_env, run_lake
 
 REFERENCE = ["text/wiki_demo.txt", "text/peoples_daily_ner_sentences.txt",
              "text/cmrc2018_trial_zh_wiki_paragraphs.jsonl"]  # fmt: skip
@@ -55,20 +55,12 @@ def lab(tmp_path_factory):
         "--sample-chars", "300000")  # fmt: skip
     (root / "ref.yaml").write_text(yaml.safe_dump(REF_JOB))
     run("train", "pretrain", str(root / "ref.yaml"))
-    saved = {k: os.environ.get(k) for k in (*env, *LEAKY_ENV)}
-    for key in LEAKY_ENV:  # earlier tests' in-process MLflow calls leave MLFLOW_TRACKING_URI set
-        os.environ.pop(key, None)
-    os.environ.update(env)  # the library calls below run in this process, against the same lake
-    from catalog.store import Lakehouse
-    from lake.config import load_config
+    with process_env(env):  # the library calls below run in this process, against the same lake
+        from catalog.store import Lakehouse
+        from lake.config import load_config
 
-    cfg = load_config()
-    yield {"env": env, "root": root, "run": run, "cfg": cfg, "lake": Lakehouse.from_config(cfg)}
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+        cfg = load_config()
+        yield {"env": env, "root": root, "run": run, "cfg": cfg, "lake": Lakehouse.from_config(cfg)}
     ray.shutdown()
 
 

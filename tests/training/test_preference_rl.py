@@ -21,7 +21,7 @@ import os
 import pytest
 import yaml
 
-from conftest import LEAKY_ENV, PREF_FILES, SFT_FILES, run_lake
+from conftest import PREF_FILES, SFT_FILES, process_env, run_lake
 
 FAST = {"schedule": "constant", "warmup_steps": 0, "weight_decay": 0.0, "log_every": 4}
 SCALING = {"num_workers": 1, "cpus_per_worker": 1, "torch_threads": 2}
@@ -34,19 +34,10 @@ def home(posttrain_home):
     """The post-training home, with this process's environment pointed at it (the stages run in process)."""
     import ray
 
-    env = posttrain_home["env"]
-    saved = {k: os.environ.get(k) for k in (*env, *LEAKY_ENV)}
-    for key in LEAKY_ENV:
-        os.environ.pop(key, None)
-    os.environ.update(env)
-    from lake.config import load_config
+    with process_env(posttrain_home["env"]):
+        from lake.config import load_config
 
-    yield posttrain_home | {"cfg": load_config()}
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+        yield posttrain_home | {"cfg": load_config()}
     ray.shutdown()
 
 
