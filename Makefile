@@ -6,6 +6,7 @@ STAMP   := $(VENV)/.installed
 DATA    ?= $(abspath ../shared/data)
 DEMO    ?= .demo
 PYTEST_ARGS ?= --durations=25
+STARTED := $(shell date +%s)
 
 export LAKE_DATA_DIR ?= $(DATA)
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -59,12 +60,8 @@ demo: $(STAMP)
 	$(LAKE) --config $(DEMO)/lake.toml eval models:/tiny-chat/1 --suite ppl,mc --limit 20 \
 		--table text.corpus --slice zh="input_uri LIKE '%peoples_daily%'" --slice en="input_uri LIKE '%c4_demo%'" \
 		--mc-table eval.cmmlu --subjects agronomy,anatomy,astronomy
-	$(LAKE) --config $(DEMO)/lake.toml query "SELECT model, version, suite, subject, metric, round(value, 4) AS value, n FROM eval.results WHERE subject IN ('*', 'zh', 'en') ORDER BY suite, subject, metric, model"
-	$(LAKE) --config $(DEMO)/lake.toml lineage models:/tiny-ppo/1
-	$(LAKE) --config $(DEMO)/lake.toml models
-	$(LAKE) --config $(DEMO)/lake.toml catalog tables
 	$(LAKE) --config $(DEMO)/lake.toml query "SELECT lang, count(*) AS docs, sum(CASE WHEN gopher_reason IS NULL THEN 1 ELSE 0 END) AS gopher_ok FROM web.documents GROUP BY lang ORDER BY docs DESC"
-	$(LAKE) --config $(DEMO)/lake.toml query "SELECT split, count(*) AS items, count(DISTINCT subject) AS subjects FROM eval.cmmlu_dev GROUP BY split"
+	$(LAKE) --config $(DEMO)/lake.toml summary --model models:/tiny-ppo/1 --started $(STARTED)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -57,6 +57,7 @@ class PosttrainResult:
     after: dict[str, float]
     seconds: float
     already_registered: bool = False
+    resumed_from_step: int = 0  # the checkpoint an interrupted run continued from (0: it ran straight through)
 
     def summary(self) -> str:
         if self.already_registered:
@@ -65,9 +66,10 @@ class PosttrainResult:
         from training.stages import STAGES
 
         figures = STAGES[self.stage].figures(self.before, self.after, self.held_out)
+        resumed = f", resumed at step {self.resumed_from_step}" if self.resumed_from_step else ""
         return (
             f"{self.stage}: {self.steps} steps on {self.examples} examples in {self.seconds:.1f}s, {figures}; "
-            f"skipped: {skipped}; registered {self.model_uri}"
+            f"skipped: {skipped}; registered {self.model_uri}{resumed}"
         )
 
 
@@ -179,7 +181,8 @@ def run_stage(
     mlflow_client.set_terminated(run_id, status="FINISHED")
     ray.kill(events.actor)
     return PosttrainResult(stage, ref.uri, run_id, state["step"], len(train), len(val), dict(skipped),
-                           state["before"], figures, time.time() - started)  # fmt: skip
+                           state["before"], figures, time.time() - started,
+                           resumed_from_step=state.get("resumed_from_step", 0))  # fmt: skip
 
 
 def stage_tags(template: TemplateConfig, stage: str, sources: list[SnapshotSource], base_ref) -> dict[str, str]:
@@ -344,7 +347,7 @@ def posttrain_worker(plan: dict[str, Any]) -> None:
             if rank != 0:
                 return
             state = {"step": step, "tokens": loop_state.tokens, "before": before, "final_metrics": metrics,
-                     "stage_state": stage_ctx.state}  # fmt: skip
+                     "stage_state": stage_ctx.state, "resumed_from_step": saved.get("step", 0)}  # fmt: skip
             save_pretrained(stage_fns.export(model), model_cfg, folder, tok_dir, **special_kwargs(special))
             save_model(model, str(folder / TRAIN_WEIGHTS))  # the trainable module as is (LoRA, critic…): resume
             save_training_state(folder, optimizer, state)

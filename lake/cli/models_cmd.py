@@ -1,4 +1,5 @@
-"""``lake models`` and ``lake lineage``: the registry and the chain from a model back to raw inputs."""
+"""``lake models``, ``lake lineage`` and ``lake summary``: the registry, the chain from a model back to raw inputs,
+and a report of everything a lake home holds."""
 
 from __future__ import annotations
 
@@ -43,4 +44,23 @@ def lineage_command(obj: CliContext, model_uri: str, fmt: str) -> None:
         emit_rows(nodes, fmt, LINEAGE_COLUMNS)
 
 
-COMMANDS = [models_command, lineage_command]
+@click.command("summary")
+@click.option("--model", "model_uri", metavar="MODEL_URI", help="Also walk this model's lineage (models:/NAME/V).")
+@click.option("--started", type=float, help="Epoch seconds a session started: report the wall time since.")
+@format_option(choices=("table", "json"))
+@pass_ctx
+def summary_command(obj: CliContext, model_uri: str | None, started: float | None, fmt: str) -> None:
+    """Tables and snapshots, registered models, a model's lineage, eval figures, and where to look next. Example:
+
+    lake summary --model models:/tiny-ppo/1
+    """
+    from training.summary import lake_summary, summary_text
+
+    report = lake_summary(obj.config, model_uri, started)
+    if fmt == "json":
+        emit_json(report)
+    else:
+        click.echo(summary_text(report))
+
+
+COMMANDS = [models_command, lineage_command, summary_command]

@@ -13,7 +13,7 @@ import os
 import pytest
 import yaml
 
-from conftest import DATA_DIR, PREF_FILES, SFT_FILES, run_lake, sft_job
+from conftest import DATA_DIR, PREF_FILES, SFT_FILES, checkpoints, kill_when, run_lake, sft_job
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +109,35 @@ def test_exported_models_load_in_transformers(home):
                                    atol=1e-4, rtol=1e-4)  # fmt: skip
 
 
+def test_killed_sft_run_resumes_and_equals_the_uninterrupted_run(home):
+    """The fixture's `chat` job again under another name, checkpointing every 10 steps and killed after the first:
+    the re-run resumes from that checkpoint and ends with `chat`'s exact weights."""
+    from safetensors.torch import load_file
+
+    from lake.config import load_config
+    from training import registry
+
+    env, job = home["env"], sft_job("chat-killed", mix={"table": "text.corpus", "fraction": 0.1})
+    job["optim"] |= {"checkpoint_every": 10}
+    path = home["root"] / "chat-killed.yaml"
+    path.write_text(yaml.safe_dump(job, allow_unicode=True))
+    kill_when("train", "sft", str(path), ready=lambda: checkpoints(env, "chat-killed"), env=env, cwd=home["root"])
+
+    again = json.loads(home["lake"]("train", "sft", str(path), "--format", "json").stdout)
+    steps = job["optim"]["max_steps"]
+    assert 0 < again["resumed_from_step"] < steps, again
+    history = _mlflow(home).get_metric_history(again["run_id"], "train/loss")
+    assert sorted(m.step for m in history) == list(range(1, steps + 1)), "every step logged exactly once"
+    cfg = load_config(env=env)
+    weights = [
+        load_file(str(registry.download(cfg, registry.resolve(cfg, uri), home["root"] / "dl") / "model.safetensors"))
+        for uri in (again["model_uri"], home["sft"]["model_uri"])
+    ]
+    assert weights[0].keys() == weights[1].keys()
+    for key, tensor in weights[1].items():
+        assert (weights[0][key] == tensor).all(), f"{key} differs after resume"
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -185,3 +214,24 @@ def test_lake_eval_usage_errors_are_one_line_exit_2(home):
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     bogus = run_lake("eval", "models:/chat/1", "--suite", "ppl,bogus", env=home["env"], cwd=home["root"])
     assert bogus.returncode == 2 and "bogus" in bogus.stderr
+
+
+def test_summary_reports_tables_models_lineage_and_eval_figures(home):
+    """`lake summary` (the end of `make demo`) on the module's home, after the evaluation above."""
+    report = json.loads(home["lake"]("summary", "--model", "models:/chat/1", "--format", "json").stdout)
+    tables = {t["table"]: t for t in report["tables"]}
+    assert tables["sft.examples"]["rows"] > 1000 and tables["sft.examples"]["snapshots"] >= 1
+    assert tables["eval.results"]["rows"] > 0
+    versions = {(m["name"], m["version"]): m for m in report["models"]}
+    assert versions[("chat", 1)]["parent"] == "models:/base/1" and versions[("rm", 1)]["stage"] == "reward"
+    counts = report["lineage"]["counts"]
+    assert counts["raw_input"] >= 4 and counts["tokenizer"] == 1 and counts["dataset_snapshot"] >= 2, counts
+    figures = {(e["model"], e["suite"], e["slice"], e["metric"]) for e in report["eval"]}
+    assert {
+        ("chat/1", "ppl", "wiki", "ppl"),
+        ("chat/1", "mc", "*", "accuracy"),
+        ("chat/1", "judge", "*", "win_rate"),
+    } <= figures
+    assert ("chat/1", "mc", "anatomy", "accuracy") not in figures  # per-subject rows stay in eval.results
+    text = home["lake"]("summary").stdout
+    assert "models:/chat/1" in text and "mlflow ui --backend-store-uri" in text and "lake query" in text

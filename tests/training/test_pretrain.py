@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import DATA_DIR, LEAKY_ENV, REPO, run_lake
+from conftest import DATA_DIR, LEAKY_ENV, REPO, checkpoints, kill_when, run_lake
 
 TEXT_FILES = [
     "text/wiki_demo.txt",
@@ -113,21 +109,10 @@ def test_expansion_keeps_old_ids_and_shortens_chinese(home):
     assert _mlflow(home).get_model_version("tok-zh", "1").tags["lake.parent"] == "models:/tok/1"
 
 
-def _checkpoints(home, name: str) -> list[Path]:
-    return sorted(Path(home["env"]["LAKE_HOME"], "train").glob(f"{name}-*/checkpoint_*"))
-
-
 def test_killed_run_resumes_from_its_data_position_and_equals_an_uninterrupted_run(home):
     job = _write_job(home, "killed")
-    cmd = [sys.executable, "-m", "lake", "train", "pretrain", str(job)]
-    proc = subprocess.Popen(cmd, env=home["env"], cwd=home["root"], start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-    deadline = time.time() + 600
-    while not _checkpoints(home, "killed") and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-    assert proc.poll() is None, "the run ended before its first checkpoint: " + proc.stdout.read().decode()[-2000:]
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started, as a crash would
-    proc.wait()
+    kill_when("train", "pretrain", str(job), ready=lambda: checkpoints(home["env"], "killed"), env=home["env"],
+              cwd=home["root"])  # fmt: skip
 
     again = run_lake("train", "pretrain", str(job), env=home["env"], cwd=home["root"], timeout=900)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
