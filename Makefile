@@ -12,7 +12,7 @@ export LAKE_DATA_DIR ?= $(DATA)
 export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: venv demo test lint clean bench
+.PHONY: venv demo test lint clean bench browser
 
 venv: $(STAMP)
 
@@ -63,8 +63,21 @@ demo: $(STAMP)
 	$(LAKE) --config $(DEMO)/lake.toml query "SELECT lang, count(*) AS docs, sum(CASE WHEN gopher_reason IS NULL THEN 1 ELSE 0 END) AS gopher_ok FROM web.documents GROUP BY lang ORDER BY docs DESC"
 	$(LAKE) --config $(DEMO)/lake.toml summary --model models:/tiny-ppo/1 --started $(STARTED)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Debian's headless Chromium and its driver for the MLflow UI test (nothing downloaded by Selenium)
+CHROMIUM := /usr/bin/chromium /usr/bin/chromedriver
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@for f in $(CHROMIUM); do [ -x $$f ] || missing=1; done; [ -z "$$missing" ] && exit 0; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "make test needs Debian's chromium and chromium-driver ($(CHROMIUM)); install them" >&2; exit 1; fi; \
+	echo "installing chromium and chromium-driver with apt-get"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	$(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+	{ $(SUDO) apt-get update -qq >/dev/null 2>&1 && $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	{ echo "could not install chromium and chromium-driver with apt-get (needed by the MLflow UI test)" >&2; exit 1; }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

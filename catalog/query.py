@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
 import polars as pl
@@ -12,12 +13,16 @@ from catalog.attributes import VIEW_SUFFIX, joined_frame, labelled_sources, view
 from catalog.store import Lakehouse
 from core.errors import UsageError
 
+logging.getLogger("sqlglot").setLevel(logging.ERROR)  # its "falling back to a Command" warning is not ours to print
 COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
 READ_STATEMENTS = {"SELECT", "WITH", "DESCRIBE", "DESC", "SHOW", "(", "VALUES"}
 WRITE_STATEMENTS = {
     "INSERT", "UPDATE", "DELETE", "MERGE", "UPSERT", "REPLACE", "CREATE", "DROP", "ALTER", "TRUNCATE", "COPY",
     "ATTACH", "DETACH", "SET", "GRANT", "REVOKE", "CALL", "EXPORT", "IMPORT", "INSTALL", "LOAD", "PRAGMA", "VACUUM",
 }  # fmt: skip
+# statements, clauses and nodes that write, wherever they sit in the tree (``WITH x AS (…) INSERT …`` starts like a
+# query; ``SELECT … INTO t`` creates a table)
+WRITE_NODES = (exp.Insert, exp.Delete, exp.Update, exp.Merge, exp.Create, exp.Drop, exp.Alter, exp.Copy, exp.Into)
 # polars SQL's table functions (read_csv, read_parquet, read_json, read_ndjson, read_ipc, …) read any file
 FILE_FUNCTION = re.compile(r"^(read|scan)_", re.IGNORECASE)
 
@@ -64,6 +69,8 @@ def check_sources(text: str, known: list[str]) -> None:
         if text.upper().split() != ["SHOW", "TABLES"]:
             raise UsageError(f"SQL syntax error: cannot read {text[:60]!r}")
         return
+    if not isinstance(tree, exp.Query | exp.Values | exp.Describe) or tree.find(*WRITE_NODES):
+        raise UsageError("lake query is read-only: only SELECT / WITH queries are allowed")
     ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
     for func in tree.find_all(exp.Func):
         name = func.sql_name() if not isinstance(func, exp.Anonymous) else func.name

@@ -34,7 +34,9 @@ from core.locks import first_use_lock
 if TYPE_CHECKING:
     from pyiceberg.manifest import DataFile
 
-IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
+# the whole name (fullmatch: ``$`` alone lets a trailing newline through); ASCII only, so no path separators,
+# quotes, dots beyond the one, URIs or look-alike letters reach the catalog or the warehouse paths built from it
+IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\.[A-Za-z_][A-Za-z0-9_]{0,127}")
 COMMIT_ATTEMPTS = 8
 
 
@@ -62,7 +64,7 @@ class AppendResult:
 
 
 def parse_identifier(identifier: str) -> tuple[str, str]:
-    if not IDENT_RE.match(identifier or ""):
+    if not isinstance(identifier, str) or not IDENT_RE.fullmatch(identifier):
         raise UsageError(f"table name {identifier!r} must look like NS.TABLE (letters, digits, underscores)")
     namespace, name = identifier.split(".", 1)
     return namespace, name

@@ -10,6 +10,17 @@ import warnings
 from core.config import LakeConfig, use_ray_auth
 
 
+def _keep_on_loopback() -> None:
+    """A private local Ray listens on 127.0.0.1 only. Ray replaces a loopback node address by the machine's
+    routable one, and its GCS, raylet, agents and workers then listen on every interface (stack.md §3), unless
+    multi-node clusters are off, which a private one-node cluster is. Ray reads that switch from the environment
+    once, at import (``lake up`` sets the variable for its processes); here ``ray`` is already imported, so the
+    read value is set; the processes Ray starts are given their address on the command line."""
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def init_ray(cfg: LakeConfig, num_cpus: int | None = None) -> None:
     """Connect (once per process) to the configured cluster, or start a quiet local Ray."""
     import ray
@@ -32,6 +43,7 @@ def init_ray(cfg: LakeConfig, num_cpus: int | None = None) -> None:
         "configure_logging": True,
     }
     if address == "local":
+        _keep_on_loopback()
         kwargs |= {
             "num_cpus": num_cpus or os.cpu_count() or 1,
             "include_dashboard": False,

@@ -94,6 +94,7 @@ def test_bad_input_is_one_line_and_exit_2(lake_env, data_dir):
     _usage_error(run_lake("import", "mc", "/no/such/file.csv", "--table", "eval.x", env=lake_env), "no such file")
     _usage_error(run_lake("ingest", "warc", str(data_dir / "warc"), env=lake_env), "is a directory", "warc/*.gz")
     _usage_error(run_lake("import", "mc", csv, "--table", "notatable", env=lake_env), "NS.TABLE")
+    _usage_error(run_lake("import", "mc", csv, "--table", "eval.y\n", env=lake_env), "NS.TABLE")
     _usage_error(run_lake("import", "sft", csv, "--table", "eval.x", env=lake_env), "holds 'mc' rows")
     _usage_error(run_lake("query", "SELECT 1 AS n FROM eval.x", "--as-of", "no-such-tag", env=lake_env), "no-such-tag")
     assert run_lake("import", "nonsense", csv, "--table", "eval.x", env=lake_env).returncode == 2

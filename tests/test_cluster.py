@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import urllib.error
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DATA_DIR, LEAKY_ENV, REPO, run_lake
+from listeners import is_loopback, listeners_of, session_pids
 
 pytestmark = pytest.mark.cluster
 
@@ -86,65 +86,11 @@ def test_status_reports_one_ray_node_and_mlflow(cluster):
 
 def _lake_up_pids(home: Path) -> set[int]:
     """Every process `lake up` started: the pid-file processes (each leads its own session) and their descendants."""
-    roots = {int(p.read_text()) for p in (home / "run").glob("*.pid")}
-    procs = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        procs[int(stat.parent.name)] = (int(fields[1]), int(fields[3]))  # ppid, session
-    pids = {pid for pid, (_, session) in procs.items() if session in roots} | roots
-    while True:  # descendants that started a session of their own
-        more = {pid for pid, (ppid, _) in procs.items() if ppid in pids} - pids
-        if not more:
-            return pids
-        pids |= more
-
-
-def _listening_sockets() -> dict[int, str]:
-    """inode -> "address:port" of every listening TCP socket on the machine."""
-    out = {}
-    for name in ("tcp", "tcp6"):
-        for line in Path(f"/proc/net/{name}").read_text().splitlines()[1:]:
-            cols = line.split()
-            if cols[3] != "0A":  # LISTEN
-                continue
-            hex_addr, hex_port = cols[1].split(":")
-            raw = bytes.fromhex(hex_addr)
-            # /proc prints each 32-bit word in host (little-endian) order
-            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-            out[int(cols[9])] = f"{ipaddress.ip_address(raw)}:{int(hex_port, 16)}"
-    return out
-
-
-def _is_loopback(address: str) -> bool:
-    ip = ipaddress.ip_address(address.rsplit(":", 1)[0])
-    return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
+    return session_pids({int(p.read_text()) for p in (home / "run").glob("*.pid")})
 
 
 def listeners_of_lake_up(home: Path) -> list[tuple[int, str]]:
-    sockets = _listening_sockets()
-    found = []
-    for pid in _lake_up_pids(home):
-        try:
-            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
-        except OSError:  # gone, or not ours to read
-            continue
-        for link in links:
-            inode = int(link[8:-1]) if link.startswith("socket:[") else None
-            if inode in sockets:
-                found.append((pid, sockets[inode]))
-    return found
-
-
-def test_every_listener_of_lake_up_is_on_loopback(cluster):
-    listeners = listeners_of_lake_up(Path(cluster["LAKE_HOME"]))
-    ports = {int(address.rsplit(":", 1)[1]) for _, address in listeners}
-    # sanity: the scan sees the services themselves
-    assert {6391, 8266, 5056} <= ports, listeners
-    exposed = [(pid, address) for pid, address in listeners if not _is_loopback(address)]
-    assert not exposed, f"listening beyond loopback: {exposed}"
+    return listeners_of(_lake_up_pids(home))
 
 
 def test_submitted_import_job_lands_rows_in_the_catalog(cluster):
@@ -212,6 +158,18 @@ def test_mlflow_server_answers_registry_queries(cluster):
     by_alias = client.get_model_version_by_alias("lake-probe", "current")
     assert int(by_alias.version) == 1 and by_alias.run_id == run.info.run_id
     assert client.get_run(run.info.run_id).data.metrics["rows"] == 10
+
+
+# Runs after the job tests, so the processes those started (job supervisors, Ray workers) are scanned too.
+def test_every_listener_of_lake_up_is_on_loopback(cluster):
+    listeners = listeners_of_lake_up(Path(cluster["LAKE_HOME"]))
+    ports = {int(address.rsplit(":", 1)[1]) for _, address in listeners}
+    # sanity: the scan sees the services themselves: GCS, dashboard, MLflow and Ray's client server
+    client_server = int(PORTS["LAKE_RAY_DASHBOARD_PORT"]) + 9  # lake/services.py: --ray-client-server-port
+    assert {6391, 8266, 5056, client_server} <= ports, listeners
+    assert len({pid for pid, _ in listeners}) >= 4, listeners  # head processes, agents, workers, MLflow
+    exposed = [(pid, address) for pid, address in listeners if not is_loopback(address)]
+    assert not exposed, f"listening beyond loopback: {exposed}"
 
 
 def test_submit_without_a_cluster_is_a_clear_error(lake_env):

@@ -78,6 +78,23 @@ def test_raycluster_config_points_at_catalog_warehouse_and_tracking():
     assert {"LAKE_CATALOG_URI", "LAKE_WAREHOUSE", "MLFLOW_TRACKING_URI"} <= set(data) <= set(ENV_VARS)
 
 
+def test_every_ray_cluster_of_the_manifests_requires_token_authentication():
+    docs = {d["kind"]: d for d in _docs(INFRA / "k8s/raycluster.yaml")}
+    assert docs["RayCluster"]["spec"]["authOptions"]["mode"] == "token"
+    (job,) = _docs(INFRA / "k8s/rayjob.yaml")
+    assert job["spec"]["rayClusterSpec"]["authOptions"]["mode"] == "token"
+    # `ray up`: every container runs in token mode and reads a token that the config copies to each node
+    cfg = yaml.safe_load((INFRA / "ray/cluster.yaml").read_text())
+    options = " ".join(cfg["docker"]["run_options"])
+    assert "-e RAY_AUTH_MODE=token" in options, options
+    token_path = re.search(r"-e RAY_AUTH_TOKEN_PATH=(\S+)", options).group(1)
+    assert token_path in cfg["file_mounts"], cfg.get("file_mounts")
+    # and nothing under infra/ turns it off (the image, the ConfigMap jobs read, comments that show a setting)
+    modes = [m for path in sorted(INFRA.rglob("*")) if path.is_file()
+             for m in re.findall(r"RAY_AUTH_MODE\W+(\w+)", path.read_text())]  # fmt: skip
+    assert modes and set(modes) == {"token"}, modes
+
+
 def test_ray_up_config_and_mlflow_server_commands():
     cfg = yaml.safe_load((INFRA / "ray/cluster.yaml").read_text())
     assert cfg["provider"]["type"] == "local"

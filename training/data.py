@@ -122,11 +122,17 @@ def default_id_column(schema: pa.Schema) -> str:
 
 
 def predicate_frame(lazy: pl.LazyFrame, predicate: str | None) -> pl.LazyFrame:
-    """Rows of ``lazy`` that satisfy the SQL predicate (polars SQL, the dialect of ``lake query``)."""
+    """Rows of ``lazy`` that satisfy the SQL predicate (polars SQL, the dialect of ``lake query``), which is held
+    to ``lake query``'s rules: one read-only statement, no files (``EXISTS (SELECT … FROM read_csv(…))`` would
+    otherwise read any file) and no tables but the rows themselves."""
+    from catalog.query import check_read_only, check_sources
+
     if not predicate:
         return lazy
+    text = check_read_only(f"SELECT * FROM {FILTER_TABLE} WHERE {predicate}")
+    check_sources(text, [FILTER_TABLE])
     ctx = pl.SQLContext({FILTER_TABLE: lazy})
-    return ctx.execute(f"SELECT * FROM {FILTER_TABLE} WHERE {predicate}")
+    return ctx.execute(text)
 
 
 def resolve_source(

@@ -7,7 +7,7 @@ import pytest
 
 from lake.errors import UsageError
 from training.config import OptimConfig, PretrainConfig, from_dict
-from training.data import DataPosition, Packer, is_held_out, iter_documents, validation_windows
+from training.data import DataPosition, Packer, is_held_out, iter_documents, predicate_frame, validation_windows
 from training.optim import lr_at
 
 
@@ -104,3 +104,22 @@ def test_unknown_config_keys_and_bad_values_are_usage_errors():
             PretrainConfig,
             {"name": "m", "tokenizer": "models:/t/1", "data": {"table": "a.b"}, "optim": {"schedule": "linear"}},
         ).validate()
+
+
+def test_row_predicates_select_rows_but_read_no_files(tmp_path):
+    """``where`` predicates of jobs, evals and mixes run in ``lake query``'s dialect and under its rules."""
+    import polars as pl
+
+    secret = tmp_path / "secret.csv"
+    pl.DataFrame({"a": [2]}).write_csv(secret)
+    rows = pl.LazyFrame({"doc_id": ["x", "y"], "input_uri": ["a/belle_eval.json", "b/alpaca.json"]})
+    assert predicate_frame(rows, "input_uri LIKE '%belle_eval%'").collect()["doc_id"].to_list() == ["x"]
+    assert predicate_frame(rows, "doc_id IN (SELECT doc_id FROM rows WHERE doc_id > 'x')").collect().height == 1
+    for predicate, error in [
+        (f"EXISTS (SELECT 1 FROM read_csv('{secret}') WHERE a = 2)", "not files"),  # a file-content oracle
+        (f"doc_id IN (SELECT a::text FROM read_parquet('{tmp_path}/*.parquet'))", "not files"),
+        ("true; DROP TABLE rows", "one statement"),
+        ("doc_id IN (SELECT doc_id FROM sft.examples)", "unknown table"),
+    ]:
+        with pytest.raises(UsageError, match=error):
+            predicate_frame(rows, predicate)

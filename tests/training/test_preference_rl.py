@@ -10,7 +10,7 @@ query and lineage calls). The held-out directions a broken loss would fail:
   model's than PPO without it;
 - best-of-N: the mean reward of the kept samples rises over rounds;
 - `lake lineage` of the PPO model reaches the SFT model, the reward model, the base model, the tokenizer, the
-  snapshots and the raw files.
+  snapshots and the raw files, and the MLflow UI (in a real headless Chromium) shows the same lineage tags.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import pytest
 import yaml
 
 from conftest import PREF_FILES, SFT_FILES, process_env, run_lake
+from listeners import is_loopback, listeners_of, session_pids
+from mlflow_ui import headless_chromium, mlflow_ui, save_screenshot, scroll_to, wait_for_text
 
 FAST = {"schedule": "constant", "warmup_steps": 0, "weight_decay": 0.0, "log_every": 4}
 SCALING = {"num_workers": 1, "cpus_per_worker": 1, "torch_threads": 2}
@@ -159,6 +161,42 @@ def test_ppo_lineage_reaches_sft_reward_base_tokenizer_snapshots_and_raw_files(h
     assert {"sft.examples", "text.corpus", "pref.pairs"} <= tables, tables
     raw = {os.path.basename(n["uri"]) for n in nodes if n["kind"] == "raw_input"}
     assert {os.path.basename(f) for f in PREF_FILES + SFT_FILES} <= raw
+
+
+LINEAGE_TAGS = ("lake.parent", "lake.reward_model", "lake.reference", "lake.tokenizer", "lake.dataset.table",
+                "lake.dataset.snapshot_id", "lake.stage")  # fmt: skip
+
+
+def test_mlflow_ui_shows_the_ppo_models_lineage_tags(home, ppo):
+    from training.registry import parse_model_uri
+
+    name, version, _ = parse_model_uri(ppo["ptx"]["model_uri"])
+    tags = _mlflow(home).get_model_version(name, str(version)).tags
+    assert tags["lake.reward_model"] == "models:/rm/1" and tags["lake.reference"] == "models:/chat/1", tags
+    assert all(tags.get(key) for key in LINEAGE_TAGS), tags
+    backend = f"sqlite:///{home['env']['LAKE_HOME']}/mlflow.db"
+    with (
+        mlflow_ui(backend, home["env"], home["root"] / "mlflow-ui.log") as server,
+        headless_chromium() as browser,  # starts while the server does
+    ):
+        browser.get(f"{server.wait_ready()}/#/models/{name}/versions/{version}")
+        try:  # every tag's name, and the lineage tags' values
+            wait_for_text(browser, [f"Version {version}", *tags, *(tags[key] for key in LINEAGE_TAGS)])
+        finally:
+            scroll_to(browser, "lake.reward_model")
+            save_screenshot(browser, f"mlflow-ui-{name}-v{version}.png")
+
+
+def test_the_in_process_ray_listens_on_loopback_only(home, ppo):
+    """The private Ray the stages above started in this process (as every `lake` command without a cluster does):
+    its GCS, raylet, agents and workers, and this driver, listen on 127.0.0.1 only."""
+    import ray
+
+    assert ray.is_initialized()
+    listeners = listeners_of(session_pids({os.getpid()}))
+    assert len({pid for pid, _ in listeners}) >= 3, listeners
+    exposed = [(pid, address) for pid, address in listeners if not is_loopback(address)]
+    assert not exposed, f"listening beyond loopback: {exposed}"
 
 
 def test_bad_rl_jobs_are_one_line_exit_2(home):
