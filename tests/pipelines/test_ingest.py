@@ -173,8 +173,12 @@ def test_malformed_warc_corpus_printed_counts_equal_runs_and_table_rows(lake, la
     files = [str(tmp_path / "corpus" / name) for name in sorted(expected)]
     result = run_lake("ingest", "warc", *files, "--format", "json", env=lake_env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "ActorDiedError" not in result.stderr, result.stderr[-3000:]
     printed = json.loads(result.stdout)
     assert printed["records"] == sum(expected.values()) == printed["documents"] + printed["rejects"]
+    # the run reports what it rejected, by reason (the 50 MB pages, the 100k-deep page, the broken bytes...)
+    reader_reasons = {"payload_too_large", "html_too_deep", "decode_error", "empty_payload", "http_status"}
+    assert reader_reasons | {"warc_malformed", "warc_truncated"} <= set(printed["rejects_by_reason"])
 
     docs, rejects = _rows_per_input(lake, "web.documents"), _rows_per_input(lake, "web.rejects")
     for name, records in expected.items():
