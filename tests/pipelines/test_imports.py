@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
+from collections import Counter
 
 import pytest
+from malformed_imports import VALID, build_import_corpus
 
+from conftest import run_lake
 from pipelines.imports import import_files
 
 # (kind, path under shared/data, read, imported, {reject reason: count}) — counts from the SOURCES.md files
@@ -133,3 +137,33 @@ def test_runs_are_recorded(lake, data_dir):
     assert run["run_id"] == report.run_id and run["target_table"] == "eval.a" and run["status"] == "succeeded"
     assert run["inputs"][0]["uri"].endswith("anatomy.csv") and len(run["inputs"][0]["digest"]) == 64
     assert json.loads(run["counts"])["imported"] == 5
+
+
+def _records_per_input(lake, table: str) -> dict[str, int]:
+    """Records (not rows: one self-instruct record may give several rows ``key.n``) per input file name."""
+    keys = {(r["input_uri"], r["record_key"].split(".")[0]) for r in lake.read(table).to_pylist()}
+    return dict(Counter(uri.rsplit("/", 1)[-1] for uri, _ in keys))
+
+
+@pytest.mark.parametrize("kind", ["sft", "preference", "mc"])
+def test_malformed_import_corpus_every_record_imported_or_rejected(lake, lake_env, tmp_path, kind):
+    expected = build_import_corpus(tmp_path / kind, kind)
+    files = [str(tmp_path / kind / name) for name in sorted(expected)]
+    result = run_lake("import", kind, *files, "--table", f"fz.{kind}", env=lake_env)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    summary = re.fullmatch(r"(\d+) read, (\d+) imported, (\d+) rejected", result.stdout.splitlines()[0])
+    assert summary, result.stdout
+    read, imported, rejected = map(int, summary.groups())
+    assert read == imported + rejected and rejected > 0
+    assert (lake.count(f"fz.{kind}"), lake.count("fz.rejects")) == (imported, rejected)
+
+    rows, rejects = _records_per_input(lake, f"fz.{kind}"), _records_per_input(lake, "fz.rejects")
+    for name, records in expected.items():
+        accounted = rows.get(name, 0) + rejects.get(name, 0)
+        assert accounted == records if records is not None else accounted > 0, name
+    assert rejects["wrong-encodings.jsonl"] == 2 and rows["wrong-encodings.jsonl"] == 2 * len(VALID[kind])
+    assert rows["utf8-bom.jsonl"] == len(VALID[kind]), "a BOM is not part of the first record"
+    assert rows["huge-line.jsonl"] == 1 + len(VALID[kind])
+    reasons = {r["reason"] for r in lake.read("fz.rejects").to_pylist()}
+    assert {"invalid_json", "invalid_utf8", "not_an_object", "unreadable_file"} <= reasons
+    assert all(r["reason"] and r["stage"] == f"import_{kind}" for r in lake.read("fz.rejects").to_pylist())
