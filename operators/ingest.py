@@ -8,9 +8,10 @@ snake_case reason) and a short ``reject_detail``, so that every input record is 
 bad data.
 
 Reasons: ``warc_truncated`` (gzip stream or record body cut short), ``warc_malformed`` (broken WARC or HTTP
-headers, corrupt gzip), ``http_status`` (not 2xx), ``non_html_payload``, ``empty_payload``,
-``payload_too_large``, ``decode_error`` (no charset decodes the bytes), ``html_too_deep`` (elements nested
-deeper than any extractor can handle in bounded time), ``json_malformed`` (JSON Lines only).
+headers, no WARC-Type, corrupt gzip), ``http_status`` (not 2xx), ``non_html_payload``, ``empty_payload`` (also a
+zero-length record), ``payload_too_large`` (over the recipe's ``max_payload_bytes``, or inflating past it),
+``decode_error`` (no charset decodes the bytes), ``html_too_deep`` (elements nested deeper than any extractor can
+handle in bounded time), ``json_malformed`` (JSON Lines only).
 """
 
 from __future__ import annotations
