@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import gzip
 import json
+import os
 import re
 from collections import Counter
 
@@ -200,7 +201,8 @@ def damaged_records(draw, kind: str) -> dict:
 
 
 @pytest.mark.parametrize("kind", ["sft", "preference", "mc"])
-@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+# LAKE_FUZZ_EXAMPLES raises the count for a longer local hunt
+@settings(max_examples=int(os.environ.get("LAKE_FUZZ_EXAMPLES", "150")), deadline=None, derandomize=True, database=None)
 @given(data=st.data())
 def test_record_converters_import_or_reject_any_record(kind, data):
     record = data.draw(st.one_of(damaged_records(kind), st.dictionaries(st.text(max_size=10), JSON_VALUES)))

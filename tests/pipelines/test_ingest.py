@@ -12,7 +12,7 @@ from malformed_warcs import build_corpus
 from catalog.runs import unrecorded_snapshot
 from conftest import run_lake
 from lake.config import load_config
-from pipelines.ingest import ingest
+from pipelines.ingest import ingest, read_input
 
 GBK_HOSTS = ("037426.cn", "0760.jxtdw.com", "041696.com", "0755krk.com", "077678u.info", "096355.com")
 
@@ -209,3 +209,10 @@ def test_every_commit_group_records_its_run_row(lake, tmp_path):
     runs = [json.loads(r["counts"]) for r in lake.read("lake.runs").to_pylist()]
     assert len(runs) == 2, "one row per commit group, all under one run id"
     assert sum(r["records"] for r in runs) == report.records == 20
+
+
+def test_read_tasks_apply_the_recipes_payload_limit(tmp_path):
+    build_corpus(tmp_path)
+    item = {"kind": "warc", "uri": str(tmp_path / "wrong-encodings.warc.gz"), "digest": "d", "urls_file": None}
+    assert {r["reject_reason"] for r in read_input(item | {"max_payload_bytes": 500})} == {"payload_too_large"}
+    assert "payload_too_large" not in {r["reject_reason"] for r in read_input(item | {"max_payload_bytes": 10**7})}
