@@ -8,9 +8,10 @@ snake_case reason) and a short ``reject_detail``, so that every input record is 
 bad data.
 
 Reasons: ``warc_truncated`` (gzip stream or record body cut short), ``warc_malformed`` (broken WARC or HTTP
-headers, corrupt gzip), ``http_status`` (not 2xx), ``non_html_payload``, ``empty_payload``,
-``payload_too_large``, ``decode_error`` (no charset decodes the bytes), ``html_too_deep`` (elements nested
-deeper than any extractor can handle in bounded time), ``json_malformed`` (JSON Lines only).
+headers, no WARC-Type, corrupt gzip), ``http_status`` (not 2xx), ``non_html_payload``, ``empty_payload`` (also a
+zero-length record), ``payload_too_large`` (over the recipe's ``max_payload_bytes``, or inflating past it),
+``decode_error`` (no charset decodes the bytes), ``html_too_deep`` (elements nested deeper than any extractor can
+handle in bounded time), ``json_malformed`` (JSON Lines only).
 """
 
 from __future__ import annotations
@@ -308,6 +309,8 @@ def _warc_doc_row(record: WarcRecord, source_uri: str, max_bytes: int, offset: i
             if not block.strip():
                 raise RejectError("empty_payload", "payload is empty")
             row["text"] = block.decode("utf-8", "replace")
+        elif not block.strip():
+            raise RejectError("empty_payload", "zero-length record")
         else:
             status, http, body = _split_http(block)
             row["http_status"] = status
@@ -477,26 +480,43 @@ class _Frame:
 
     records: int = 0
     broken_at: int | None = None
+    raised: bool = False  # fastwarc gave up on bytes after the last record (already reported as one reject)
 
 
 def _frame_rows(
-    data: BinaryIO, base: int, source_uri: str, max_bytes: int, frame: _Frame, error: Callable[[], str | None]
+    data: BinaryIO,
+    base: int,
+    source_uri: str,
+    max_bytes: int,
+    frame: _Frame,
+    error: Callable[[], str | None],
+    start: int | None = None,
+    quiet: bool = False,
 ) -> Iterator[dict]:
-    """Records of ``data`` (offsets relative to ``base``) until it ends or its framing breaks.
+    """Records of ``data`` (offsets relative to ``base``; ``start``: offset of its first byte) until it ends or
+    its framing breaks.
 
     A record with a broken frame is one reject; bytes that fastwarc cannot parse after a good record are one
-    more (they may hold records that cannot be counted individually).
+    more (they may hold records that cannot be counted individually). ``quiet``: the bytes at ``start`` are the
+    ones an earlier frame gave up on and already reported, so failing on them again reports nothing.
     """
-    last_offset, last_broken = base, False
+    last_offset, last_broken, read = base if start is None else start, False, 0
+    frame.raised = False
     records = ArchiveIterator(data, parse_http=False, strict_mode=False)
     try:
         for record in records:
             frame.records += 1
+            read += 1
             last_offset = base + record.stream_pos
             if record.record_type in (WarcRecordType.response, WarcRecordType.conversion):
                 row = _warc_doc_row(record, source_uri, max_bytes, last_offset)
                 yield row
                 last_broken = row["reject_reason"] in FRAMING_REASONS
+            elif record.record_type == WarcRecordType.no_type:
+                # a broken header: it may well have been a response, so it is counted, never skipped
+                record.reader.consume()
+                row = _new_row(source_uri, last_offset, url=_clean_url(record.headers.get("WARC-Target-URI")))
+                yield _reject(row, "warc_malformed", "record has no WARC-Type")
             else:  # not a document, but read it through: a short body means its frame is broken
                 declared, read = record.content_length, record.reader.consume()
                 if read < declared:
@@ -507,8 +527,8 @@ def _frame_rows(
                 frame.broken_at = last_offset
                 return
     except Exception as exc:  # fastwarc raises OSError on headers it cannot parse: report, never raise
-        frame.broken_at = last_offset
-        if not last_broken:
+        frame.broken_at, frame.raised = last_offset, not last_broken
+        if not last_broken and not (quiet and read == 0):
             yield _break_row(source_uri, last_offset, error() or exc)
         return
     if error() and not last_broken:  # the frame ended early (cut short or corrupt) after its last full record
@@ -537,18 +557,19 @@ def _gzip_rows(stream: BinaryIO, source_uri: str, max_bytes: int, frame: _Frame)
 def _plain_rows(stream: BinaryIO, source_uri: str, max_bytes: int, frame: _Frame) -> Iterator[dict]:
     """Uncompressed (or zstd/lz4, which fastwarc detects) WARC: after a broken record, resume at the next
     ``WARC/`` header line."""
-    base = 0
+    start, quiet = 0, False
     while True:
-        stream.seek(base)
+        stream.seek(start)
         frame.broken_at = None
         # fastwarc takes record positions from the stream's tell(): they are file offsets already
-        yield from _frame_rows(stream, 0, source_uri, max_bytes, frame, lambda: None)
+        yield from _frame_rows(stream, 0, source_uri, max_bytes, frame, lambda: None, start, quiet)
         if frame.broken_at is None:
             return
-        resume = _next_warc_header(stream, frame.broken_at + 1)
+        # the next header after the break (never the same one again: a header fastwarc refuses would loop)
+        resume = _next_warc_header(stream, max(frame.broken_at, start) + 1)
         if resume is None:
             return
-        base = resume
+        start, quiet = resume, frame.raised
 
 
 def iter_warc_records(path_or_url: str, max_payload_bytes: int = MAX_PAYLOAD_BYTES) -> Iterator[dict]:

@@ -22,10 +22,10 @@ import yaml
 import operators as operators_pkg
 from operators.base import REGISTRY, Operator, RecipeError, build_operator
 from operators.decide import INGEST_STAGE, Decision, HardFilter
-from operators.ingest import ROW_SCHEMA
+from operators.ingest import MAX_PAYLOAD_BYTES, ROW_SCHEMA
 
 DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "default.yaml"
-_TOP_LEVEL = {"name", "description", "languages", "operators", "hard_filters"}
+_TOP_LEVEL = {"name", "description", "languages", "max_payload_bytes", "operators", "hard_filters"}
 
 
 @dataclass
@@ -36,6 +36,8 @@ class Recipe:
     operators: list[Operator]  # built from steps, same order
     decision: Decision
     path: str | None = None
+    # readers reject a page (decompressed) or record larger than this as payload_too_large, unread
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES
 
     def apply(self, batch: pa.Table) -> pa.Table:
         """Run every operator on one batch in order (a plain loop; pipelines/ does the same with Ray Data)."""
@@ -116,6 +118,9 @@ def build_recipe(spec: dict[str, Any], path: str | None = None) -> Recipe:
     languages = spec.get("languages")
     if languages is not None and not (isinstance(languages, list) and all(isinstance(x, str) for x in languages)):
         raise RecipeError(f"'languages' must be a list of language codes or null, got {languages!r}")
+    max_payload = spec.get("max_payload_bytes", MAX_PAYLOAD_BYTES)
+    if not isinstance(max_payload, int) or isinstance(max_payload, bool) or max_payload <= 0:
+        raise RecipeError(f"'max_payload_bytes' must be a positive number of bytes, got {max_payload!r}")
     steps = _parse_steps(spec.get("operators"))
     _import_operator_modules()
 
@@ -157,7 +162,7 @@ def build_recipe(spec: dict[str, Any], path: str | None = None) -> Recipe:
         decision = Decision(filters)
     except ValueError as exc:
         raise RecipeError(str(exc)) from exc
-    return Recipe(str(spec.get("name") or "recipe"), languages, steps, built, decision, path)
+    return Recipe(str(spec.get("name") or "recipe"), languages, steps, built, decision, path, max_payload)
 
 
 def load_recipe(path: str | Path = DEFAULT_RECIPE) -> Recipe:

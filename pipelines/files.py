@@ -8,6 +8,7 @@ keyed ``"*"``: it is accounted for, never silently skipped.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -86,14 +87,35 @@ def iter_records(path: str) -> Iterator[Record]:
         yield "*", Reject("unsupported_format", f"cannot read {fmt or 'extension-less'} files")
         return
     try:
-        yield from reader(path, compression)
+        for key, value in reader(path, compression):
+            yield key, _check_utf8(value)
     except (OSError, EOFError, UnicodeDecodeError, csv.Error, ValueError) as exc:
         # a broken stream mid-file: what came before is kept, the break itself is a reject
         yield "*", Reject("unreadable_file", f"{type(exc).__name__}: {exc}"[:500])
 
 
 def _open_text(path: str, compression: str | None):
-    return fsspec.open(path, "rt", compression=compression, encoding="utf-8", newline="")
+    # bytes that are not UTF-8 are kept as surrogates, so that they cost only the record holding them
+    # (``_check_utf8``), not the rest of the file; a UTF-8 BOM is not part of the first record
+    return fsspec.open(path, "rt", compression=compression, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+def _check_utf8(value: dict | str | Reject) -> dict | str | Reject:
+    """A record holding bytes that are not UTF-8 (a GBK or Latin-1 line in a UTF-8 file) is a reject; a reject's
+    raw snippet shows such bytes as ``\\xNN`` escapes (the rejects table stores UTF-8)."""
+    if isinstance(value, Reject):
+        return dataclasses.replace(value, raw=_escaped(value.raw))
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        detail = f"bytes that are not UTF-8 at character {exc.start}"
+        return Reject("invalid_utf8", detail, _escaped(text)[:RAW_SNIPPET_CHARS])
+    return value
+
+
+def _escaped(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _iter_jsonl(path: str, compression: str | None) -> Iterator[Record]:

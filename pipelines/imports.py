@@ -91,6 +91,10 @@ def _non_text(value: dict, *names: str) -> Reject | None:
     return None
 
 
+def _is_text_pair(turn) -> bool:
+    return isinstance(turn, list | tuple) and len(turn) == 2 and all(isinstance(t, str) for t in turn)
+
+
 def _sharegpt_messages(turns) -> list[dict] | Reject:
     if not isinstance(turns, list) or not turns:
         return Reject("empty_conversation")
@@ -129,15 +133,19 @@ def convert_sft(value: dict | str, context: dict) -> Converted:
             return Reject("empty_prompt")
         if not _clean(value["output"]):
             return Reject("empty_output")
+        history = value.get("history") or []
+        if not isinstance(history, list) or not all(_is_text_pair(turn) for turn in history):
+            return Reject("malformed_turn", f"history is not a list of [prompt, response] texts: {history!r}"[:200])
         messages = [_message("system", value["system"])] if _clean(value.get("system")) else []
-        for turn in value.get("history") or []:
-            if isinstance(turn, list | tuple) and len(turn) == 2:
-                messages += [_message("user", str(turn[0])), _message("assistant", str(turn[1]))]
+        for prompt_turn, response_turn in history:
+            messages += [_message("user", prompt_turn), _message("assistant", response_turn)]
         messages += [_message("user", prompt), _message("assistant", value["output"])]
         return [_sft_row(messages, "alpaca")]
     if "instruction" in value and "instances" in value:  # self-instruct seed tasks (BELLE)
-        if bad := _non_text(value, "instruction"):
+        if bad := _non_text(value, "instruction", "name"):
             return bad
+        if not isinstance(value["instances"] or [], list):
+            return Reject("malformed_turn", f"instances is {type(value['instances']).__name__}, not a list")
         rows = []
         for inst in value["instances"] or []:
             if isinstance(inst, dict) and (bad := _non_text(inst, "input", "output")):

@@ -112,13 +112,13 @@ def read_input(item: dict) -> Iterator[dict]:
     """All records of one input as reader rows, with the lineage columns the catalog keys on."""
     from operators.ingest import iter_html_dir, iter_jsonl, iter_warc_records
 
-    kind, uri = item["kind"], item["uri"]
+    kind, uri, limit = item["kind"], item["uri"], item["max_payload_bytes"]
     if kind == "warc":
-        rows = iter_warc_records(uri)
+        rows = iter_warc_records(uri, limit)
     elif kind == "html":
-        rows = iter_html_dir(uri, item.get("urls_file"))
+        rows = iter_html_dir(uri, item.get("urls_file"), limit)
     else:
-        rows = iter_jsonl(uri)
+        rows = iter_jsonl(uri, limit)
     seen: set[str] = set()
     for row in rows:
         source = row.get("source_uri") or uri
@@ -342,7 +342,11 @@ def _ingest_group(
     lake.add_columns(rejects_table, REJECT_EXTRA_FIELDS)
     writes = GroupWrites(lake.file_writer(table), lake.file_writer(rejects_table), report.run_id, datetime.now(UTC))
     resources = stage_resources(recipe)
-    items = [{"uri": i.uri, "digest": i.digest, "kind": i.kind, "urls_file": i.urls_file} for i in group]
+    items = [
+        {"uri": i.uri, "digest": i.digest, "kind": i.kind, "urls_file": i.urls_file}
+        | {"max_payload_bytes": recipe.max_payload_bytes}
+        for i in group
+    ]
     cpus = max(1, int(ray.available_resources().get("CPU", 1) // max(resources.num_cpus, 1e-9)))
     # Small blocks, so that the records of one big input spread over every actor: a read task's output is
     # otherwise buffered into blocks of up to 128 MB, each of which one actor works through alone (a streaming
@@ -356,7 +360,15 @@ def _ingest_group(
             ray.data.from_items(items, override_num_blocks=len(items))
             # reading is light next to extraction; zero CPUs keeps it from fusing into (and serialising) the actors,
             # so one big input still feeds every actor
-            .map_batches(read_inputs, batch_size=1, batch_format="pyarrow", num_cpus=0)
+            # ...but a bounded number at once: zero-CPU tasks are otherwise all started together, one worker process
+            # each (a group of many small inputs started more workers than the cores could boot, for minutes)
+            .map_batches(
+                read_inputs,
+                batch_size=1,
+                batch_format="pyarrow",
+                num_cpus=0,
+                compute=ray.data.TaskPoolStrategy(size=max(2, cpus)),
+            )
             .map_batches(
                 RecipeRunner,
                 fn_constructor_kwargs={"recipe_path": recipe_file},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import re
 import time
@@ -257,3 +258,66 @@ def test_deeply_nested_page_is_a_reject_in_bounded_time(tmp_path):
     assert time.perf_counter() - started < 5
     assert [r["reject_reason"] for r in result] == ["html_too_deep", None]
     assert result[0]["url"] == "http://a.test/deep" and "1000" in result[0]["reject_detail"]
+
+
+def test_every_record_of_the_malformed_corpus_is_a_document_or_a_reject(tmp_path):
+    expected = malformed_warcs.build_corpus(tmp_path)
+    for name, count in expected.items():
+        # a reader that loops on bad bytes would yield without end: take a few more than expected, never hang
+        result = list(itertools.islice(iter_warc_records(str(tmp_path / name)), count + 5))
+        assert len(result) == count, name
+        for row in result:
+            assert (row["html"] or row["text"]) if row["reject_reason"] is None else row["reject_detail"], (name, row)
+        assert len({r["source_offset"] for r in result if r["reject_reason"] is None}) == sum(
+            r["reject_reason"] is None for r in result
+        ), name
+
+
+def reasons(path) -> dict[str | None, str | None]:
+    return {r["url"]: r["reject_reason"] for r in iter_warc_records(str(path))}
+
+
+def test_broken_warc_headers_each_cost_one_record(tmp_path):
+    malformed_warcs.build_corpus(tmp_path)
+    for name in ("broken-warc-headers.warc.gz", "broken-warc-headers.warc"):
+        result = list(iter_warc_records(str(tmp_path / name)))
+        assert [r["url"] for r in result if r["reject_reason"] is None].count("http://a.test/broken") == 2, name
+        assert {r["reject_reason"] for r in result} == {None, "warc_malformed"}, name
+    details = " ".join(r["reject_detail"] or "" for r in iter_warc_records(str(tmp_path / "broken-warc-headers.warc")))
+    assert "no WARC-Type" in details and "Content-Length" in details and "header" in details
+
+
+def test_wrong_and_mixed_encodings(tmp_path):
+    malformed_warcs.build_corpus(tmp_path)
+    result = {r["url"].rsplit("/", 1)[1]: r for r in iter_warc_records(str(tmp_path / "wrong-encodings.warc.gz"))}
+    for name in ("gbk-declared-utf8", "utf8-declared-gbk", "gbk-meta-utf8", "unknown-charset"):
+        assert malformed_warcs.ZH_TEXT in result[name]["html"], name  # decoded to the very text, no mojibake
+    assert result["gbk-declared-utf8"]["charset"] == "gb18030" and result["utf8-declared-gbk"]["charset"] == "utf-8"
+    assert result["utf8-and-gbk-mixed"]["reject_reason"] == result["invalid-utf8-bytes"]["reject_reason"]
+    assert result["invalid-utf8-bytes"]["reject_reason"] == "decode_error"
+
+
+def test_oversized_zero_length_and_duplicate_id_records(tmp_path):
+    malformed_warcs.build_corpus(tmp_path)
+    started = time.perf_counter()
+    oversized = list(iter_warc_records(str(tmp_path / "oversized-pages.warc.gz")))
+    assert time.perf_counter() - started < 5, "50 MB pages are refused without being read"
+    assert [r["reject_reason"] for r in oversized] == ["payload_too_large", "payload_too_large", None]
+    assert oversized[0]["payload_bytes"] > 50 * 1024 * 1024 and oversized[0]["html"] is None
+    assert reasons(tmp_path / "zero-length-records.warc.gz") == {
+        "http://a.test/zero": "empty_payload",
+        "http://a.test/empty-body": "empty_payload",
+        "http://a.test/0": None,
+    }
+    duplicates = list(iter_warc_records(str(tmp_path / "duplicate-record-ids.warc.gz")))
+    # a repeated WARC-Record-ID is not the reader's to judge: each record is a document, the exact copy shares its
+    # doc_id (dedup removes it later) and the one with other content does not
+    assert [r["reject_reason"] for r in duplicates] == [None] * 3
+    assert duplicates[0]["doc_id"] == duplicates[1]["doc_id"] != duplicates[2]["doc_id"]
+    assert len({r["source_offset"] for r in duplicates}) == 3
+
+
+def test_max_payload_bytes_is_the_readers_limit(tmp_path):
+    malformed_warcs.build_corpus(tmp_path)
+    result = list(iter_warc_records(str(tmp_path / "wrong-encodings.warc.gz"), max_payload_bytes=500))
+    assert {r["reject_reason"] for r in result} == {"payload_too_large"}

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from operators.base import RecipeError
-from operators.ingest import iter_warc_records, rows_to_table
+from operators.ingest import MAX_PAYLOAD_BYTES, iter_warc_records, rows_to_table
 from operators.recipe import DEFAULT_RECIPE, load_recipe
 from operators.resources_paths import data_dir
 
@@ -52,8 +52,10 @@ def test_default_recipe_order_and_filters():
     ]
 
 
-def test_default_recipe_validates():
+def test_default_recipe_validates(tmp_path):
     recipe = load_recipe()  # needs every operator of the default recipe to be registered
+    assert recipe.max_payload_bytes == MAX_PAYLOAD_BYTES
+    assert load_recipe(write(tmp_path, OWN + "max_payload_bytes: 4096\n")).max_payload_bytes == 4096
     assert [op.name for op in recipe.operators] == ORDER
     stages = {f.name: f.stage for f in recipe.decision.hard_filters}
     assert stages["url_blocked"] == "url_filter" and stages["lang_not_kept"] == "language_id"
@@ -99,6 +101,8 @@ def test_languages_null_keeps_every_language(tmp_path):
         ("  - language_id: {}\n", "", "column 'lang', which no step writes"),
         ("languages: [zh, en]", "languages: zh", "'languages' must be a list"),
         ("operators:", "operators: []\nx:", "unknown recipe key"),
+        ("languages: [zh, en]", "languages: [zh]\nmax_payload_bytes: 10 MB", "'max_payload_bytes' must be"),
+        ("languages: [zh, en]", "languages: [zh]\nmax_payload_bytes: 0", "'max_payload_bytes' must be"),
     ],
 )
 def test_errors_are_one_line_recipe_errors(tmp_path, old, new, message):

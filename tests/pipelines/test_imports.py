@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
+import os
+import re
+from collections import Counter
 
+import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from malformed_imports import VALID, build_import_corpus
 
-from pipelines.imports import import_files
+from catalog.schemas import IMPORT_KINDS, schema_for
+from conftest import run_lake
+from pipelines.files import Reject
+from pipelines.imports import CONVERTERS, import_files
 
 # (kind, path under shared/data, read, imported, {reject reason: count}) — counts from the SOURCES.md files
 CASES = [
@@ -133,3 +144,72 @@ def test_runs_are_recorded(lake, data_dir):
     assert run["run_id"] == report.run_id and run["target_table"] == "eval.a" and run["status"] == "succeeded"
     assert run["inputs"][0]["uri"].endswith("anatomy.csv") and len(run["inputs"][0]["digest"]) == 64
     assert json.loads(run["counts"])["imported"] == 5
+
+
+def _records_per_input(lake, table: str) -> dict[str, int]:
+    """Records (not rows: one self-instruct record may give several rows ``key.n``) per input file name."""
+    keys = {(r["input_uri"], r["record_key"].split(".")[0]) for r in lake.read(table).to_pylist()}
+    return dict(Counter(uri.rsplit("/", 1)[-1] for uri, _ in keys))
+
+
+@pytest.mark.parametrize("kind", ["sft", "preference", "mc"])
+def test_malformed_import_corpus_every_record_imported_or_rejected(lake, lake_env, tmp_path, kind):
+    expected = build_import_corpus(tmp_path / kind, kind)
+    files = [str(tmp_path / kind / name) for name in sorted(expected)]
+    result = run_lake("import", kind, *files, "--table", f"fz.{kind}", env=lake_env)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    summary = re.fullmatch(r"(\d+) read, (\d+) imported, (\d+) rejected", result.stdout.splitlines()[0])
+    assert summary, result.stdout
+    read, imported, rejected = map(int, summary.groups())
+    assert read == imported + rejected and rejected > 0
+    assert (lake.count(f"fz.{kind}"), lake.count("fz.rejects")) == (imported, rejected)
+
+    rows, rejects = _records_per_input(lake, f"fz.{kind}"), _records_per_input(lake, "fz.rejects")
+    for name, records in expected.items():
+        accounted = rows.get(name, 0) + rejects.get(name, 0)
+        assert accounted == records if records is not None else accounted > 0, name
+    assert rejects["wrong-encodings.jsonl"] == 2 and rows["wrong-encodings.jsonl"] == 2 * len(VALID[kind])
+    assert rows["utf8-bom.jsonl"] == len(VALID[kind]), "a BOM is not part of the first record"
+    assert rows["huge-line.jsonl"] == 1 + len(VALID[kind])
+    reasons = {r["reason"] for r in lake.read("fz.rejects").to_pylist()}
+    assert {"invalid_json", "invalid_utf8", "not_an_object", "unreadable_file"} <= reasons
+    assert all(r["reason"] and r["stage"] == f"import_{kind}" for r in lake.read("fz.rejects").to_pylist())
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@st.composite
+def damaged_records(draw, kind: str) -> dict:
+    """A valid record of ``kind`` with some fields (top-level or inside a turn) dropped or set to any JSON value."""
+    record = copy.deepcopy(draw(st.sampled_from(VALID[kind])))
+    for _ in range(draw(st.integers(1, 3))):
+        target = record
+        nested = [v[0] for v in record.values() if isinstance(v, list) and v and isinstance(v[0], dict)]
+        if nested and draw(st.booleans()):
+            target = draw(st.sampled_from(nested))
+        key = draw(st.sampled_from(sorted(target) + ["extra"]))
+        if draw(st.booleans()):
+            target.pop(key, None)
+        else:
+            target[key] = draw(JSON_VALUES)
+    return record
+
+
+@pytest.mark.parametrize("kind", ["sft", "preference", "mc"])
+# LAKE_FUZZ_EXAMPLES raises the count for a longer local hunt
+@settings(max_examples=int(os.environ.get("LAKE_FUZZ_EXAMPLES", "150")), deadline=None, derandomize=True, database=None)
+@given(data=st.data())
+def test_record_converters_import_or_reject_any_record(kind, data):
+    record = data.draw(st.one_of(damaged_records(kind), st.dictionaries(st.text(max_size=10), JSON_VALUES)))
+    result = CONVERTERS[kind](record, {"uri": "/data/dev/subject.csv", "format": "jsonl"})
+    if isinstance(result, Reject):
+        assert result.reason and re.fullmatch(r"[a-z_]+", result.reason)
+        return
+    assert result, "a record is imported as at least one row, or rejected"
+    lineage = {"input_uri": "u", "input_digest": "d", "record_key": "1", "ingested_at": None, "run_id": "r"}
+    pa.Table.from_pylist([row | lineage for row in result], schema=schema_for(IMPORT_KINDS[kind]))  # rows fit

@@ -12,7 +12,7 @@ from malformed_warcs import build_corpus
 from catalog.runs import unrecorded_snapshot
 from conftest import run_lake
 from lake.config import load_config
-from pipelines.ingest import ingest
+from pipelines.ingest import ingest, read_input
 
 GBK_HOSTS = ("037426.cn", "0760.jxtdw.com", "041696.com", "0755krk.com", "077678u.info", "096355.com")
 
@@ -173,8 +173,12 @@ def test_malformed_warc_corpus_printed_counts_equal_runs_and_table_rows(lake, la
     files = [str(tmp_path / "corpus" / name) for name in sorted(expected)]
     result = run_lake("ingest", "warc", *files, "--format", "json", env=lake_env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "ActorDiedError" not in result.stderr, result.stderr[-3000:]
     printed = json.loads(result.stdout)
     assert printed["records"] == sum(expected.values()) == printed["documents"] + printed["rejects"]
+    # the run reports what it rejected, by reason (the 50 MB pages, the 100k-deep page, the broken bytes...)
+    reader_reasons = {"payload_too_large", "html_too_deep", "decode_error", "empty_payload", "http_status"}
+    assert reader_reasons | {"warc_malformed", "warc_truncated"} <= set(printed["rejects_by_reason"])
 
     docs, rejects = _rows_per_input(lake, "web.documents"), _rows_per_input(lake, "web.rejects")
     for name, records in expected.items():
@@ -205,3 +209,10 @@ def test_every_commit_group_records_its_run_row(lake, tmp_path):
     runs = [json.loads(r["counts"]) for r in lake.read("lake.runs").to_pylist()]
     assert len(runs) == 2, "one row per commit group, all under one run id"
     assert sum(r["records"] for r in runs) == report.records == 20
+
+
+def test_read_tasks_apply_the_recipes_payload_limit(tmp_path):
+    build_corpus(tmp_path)
+    item = {"kind": "warc", "uri": str(tmp_path / "wrong-encodings.warc.gz"), "digest": "d", "urls_file": None}
+    assert {r["reject_reason"] for r in read_input(item | {"max_payload_bytes": 500})} == {"payload_too_large"}
+    assert "payload_too_large" not in {r["reject_reason"] for r in read_input(item | {"max_payload_bytes": 10**7})}
