@@ -42,5 +42,5 @@ def test_a_config_file_named_on_the_command_line_is_published_to_later_readers(t
     try:
         assert resources_paths.data_dir() == ours.resolve()
         assert os.environ["LAKE_DATA_DIR"] == str(ours.resolve()), "Ray workers inherit it"
-    finally:
-        monkeypatch.delenv("LAKE_DATA_DIR")
+    finally:  # publish() set it behind monkeypatch's back: drop it, and monkeypatch restores any earlier value
+        os.environ.pop("LAKE_DATA_DIR", None)
