@@ -129,11 +129,19 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def worker_raylet(home: Path, node: int = 1) -> int:
-    """Pid of the raylet of `lake up`'s worker node ``node`` (a child of the pid-file's `ray start --block`)."""
-    starter = int((home / "run" / f"ray-worker-{node}.pid").read_text())
-    (raylet,) = [p for p in _children(starter) if _cmdline(p).split(" ", 1)[0].endswith("/raylet")]
-    return raylet
+def worker_raylet(home: Path, node: int = 1, timeout: float = 120) -> int:
+    """Pid of the raylet of `lake up`'s worker node ``node`` (a child of the pid-file's `ray start --block`).
+
+    Waits for it: a `lake up` that restarts a node killed moments ago can return before the new raylet runs, as
+    the cluster still counts the dead node as alive until its heartbeats time out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        starter = int((home / "run" / f"ray-worker-{node}.pid").read_text())
+        found = [p for p in _children(starter) if _cmdline(p).split(" ", 1)[0].endswith("/raylet")]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, f"no raylet under ray-worker-{node} (pid {starter}) in {timeout}s"
+        time.sleep(0.5)
 
 
 def runs_on(raylet: int, actor_class: str) -> bool:
