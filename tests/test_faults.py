@@ -35,7 +35,7 @@ EXTRA_WARC = str(DATA_DIR / "warc" / "cc-2020-zh-resiliparse.warc.gz")
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    """A lake home with the reference: WARCS ingested into ref.documents by one uninterrupted run."""
+    """A lake home with the reference, WARCS ingested into ref.documents by one uninterrupted run, and a copy."""
     import ray
 
     from catalog.store import Lakehouse
@@ -51,8 +51,10 @@ def home(tmp_path_factory):
         return start("ingest", "warc", *args, "--table", table, "--recipe", str(root / "recipe.yaml"),
                      "--format", "json", env=env)  # fmt: skip
 
-    reference = finish(ingest("ref.documents", *WARCS))
-    assert reference.returncode == 0, reference.stderr[-3000:]
+    # side by side: the reference, and the same documents again for the dedup test to kill a dedup on
+    reference, copy = [finish(proc) for proc in (ingest("ref.documents", *WARCS), ingest("dd.documents", *WARCS))]
+    for result in (reference, copy):
+        assert result.returncode == 0, result.stderr[-3000:]
     return {"env": env, "lake": lake, "ingest": ingest, "reference": json.loads(reference.stdout)}
 
 
@@ -83,15 +85,13 @@ def test_a_killed_dedup_keeps_its_signatures_and_labels_as_an_uninterrupted_run(
     from pipelines.dedup import signature_table_for
 
     lake, env = home["lake"], home["env"]
-    # side by side: the same documents as the reference ingested again (so that this test stands alone), and the
-    # reference's uninterrupted dedup
-    copy, reference = home["ingest"]("dd.documents", *WARCS), start("dedup", "ref.documents", env=env)
-    for result in (finish(copy), finish(reference)):
-        assert result.returncode == 0, result.stderr[-3000:]
-
+    # side by side: the reference's uninterrupted dedup, and one on the same documents that is killed
+    reference = start("dedup", "ref.documents", env=env)
     run = start("dedup", "dd.documents", "--format", "json", env=env)
     wait_until(lambda: committed(lake, signature_table_for("dd.documents")), run, "the signatures' commit")
     kill_group(run)
+    reference = finish(reference)
+    assert reference.returncode == 0, reference.stderr[-3000:]
     again = finish(start("dedup", "dd.documents", "--format", "json", env=env))
     assert again.returncode == 0, again.stderr[-3000:]
     report = json.loads(again.stdout)
