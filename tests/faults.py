@@ -105,9 +105,10 @@ def duplicate_keys(lake, table: str, key: tuple[str, ...] = ("input_digest", "re
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> bool:
-    """A failed run's stderr is one `lake: ...` line, no traceback."""
-    lines = result.stderr.strip().splitlines()
-    return result.returncode in (1, 2) and len(lines) == 1 and lines[0].startswith("lake: ")
+    """A failed run says why in one `lake: ...` line, with no traceback (progress bars and Ray's one-line log
+    records may stand beside it)."""
+    said = [line for line in result.stderr.splitlines() if line.startswith("lake: ")]
+    return result.returncode in (1, 2) and len(said) == 1 and "Traceback" not in result.stderr
 
 
 # ---- a worker node of a `lake up` cluster ---------------------------------------------------------------------
