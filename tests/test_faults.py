@@ -35,7 +35,8 @@ EXTRA_WARC = str(DATA_DIR / "warc" / "cc-2020-zh-resiliparse.warc.gz")
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    """A lake home with the reference, WARCS ingested into ref.documents by one uninterrupted run, and a copy."""
+    """A lake home with the reference (WARCS ingested into ref.documents by one uninterrupted run), a copy, and
+    the results of two ingests of WARCS into both.documents started together."""
     import ray
 
     from catalog.store import Lakehouse
@@ -51,11 +52,13 @@ def home(tmp_path_factory):
         return start("ingest", "warc", *args, "--table", table, "--recipe", str(root / "recipe.yaml"),
                      "--format", "json", env=env)  # fmt: skip
 
-    # side by side: the reference, and the same documents again for the dedup test to kill a dedup on
-    reference, copy = [finish(proc) for proc in (ingest("ref.documents", *WARCS), ingest("dd.documents", *WARCS))]
+    # side by side: the reference, the same documents again for the dedup test to kill a dedup on, and the two
+    # writers of one table that test_two_writers_at_once… checks
+    started = [ingest(table, *WARCS) for table in ("ref.documents", "dd.documents", "both.documents", "both.documents")]
+    reference, copy, *both = [finish(proc) for proc in started]
     for result in (reference, copy):
         assert result.returncode == 0, result.stderr[-3000:]
-    return {"env": env, "lake": lake, "ingest": ingest, "reference": json.loads(reference.stdout)}
+    return {"env": env, "lake": lake, "ingest": ingest, "reference": json.loads(reference.stdout), "both": both}
 
 
 def _equal_to_reference(lake, namespace: str) -> None:
@@ -105,9 +108,8 @@ def test_a_killed_dedup_keeps_its_signatures_and_labels_as_an_uninterrupted_run(
 
 def test_two_writers_at_once_both_land_or_one_refuses_and_totals_are_exact(home):
     lake, env = home["lake"], home["env"]
-    # two ingests of the same inputs into one table, started together
-    both = [home["ingest"]("both.documents", *WARCS) for _ in range(2)]
-    for result in [finish(proc) for proc in both]:
+    # two ingests of the same inputs into one table, started together (beside the reference, in ``home``)
+    for result in home["both"]:
         if result.returncode != 0:  # a refusal is one clear line; the re-run then succeeds
             assert one_line_error(result), result.stderr[-3000:]
             assert finish(home["ingest"]("both.documents", *WARCS)).returncode == 0
