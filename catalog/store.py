@@ -24,7 +24,7 @@ from pyiceberg.exceptions import (
     TableAlreadyExistsError,
 )
 from pyiceberg.expressions import In
-from pyiceberg.table import Table
+from pyiceberg.table import Table, TableProperties
 
 from catalog.datafiles import DataFileWriter, conform
 from catalog.schemas import KEY_COLUMNS, KIND_PROPERTY, schema_for
@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 # quotes, dots beyond the one, URIs or look-alike letters reach the catalog or the warehouse paths built from it
 IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\.[A-Za-z_][A-Za-z0-9_]{0,127}")
 COMMIT_ATTEMPTS = 8
+# pyiceberg retries a commit that lost a race by re-applying the same append onto the rival's snapshot, past the
+# key check that decided what to add (two writers of one input would both land it): keyed tables turn that off,
+# and ``append`` / ``append_files`` retry themselves, re-checking keys each time
+NO_BLIND_RETRY = {TableProperties.COMMIT_NUM_RETRIES: "0"}
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,9 @@ class Lakehouse:
         except NamespaceAlreadyExistsError:
             pass
         try:
-            return self.catalog.create_table(identifier, schema=schema_for(kind), properties={KIND_PROPERTY: kind})
+            return self.catalog.create_table(
+                identifier, schema=schema_for(kind), properties={KIND_PROPERTY: kind, **NO_BLIND_RETRY}
+            )
         except TableAlreadyExistsError:  # another process created it between our check and our create
             return self.catalog.load_table(identifier)
 
@@ -150,9 +156,9 @@ class Lakehouse:
         A commit that loses a race (another writer committed first) is retried against the refreshed table,
         re-checking keys each time, so concurrent writers all land and none duplicates another's rows.
         """
-        table = self.table(identifier)
         offered = rows.num_rows
         for attempt in range(COMMIT_ATTEMPTS):
+            table = self._keyed_table(identifier)
             todo = self._new_rows(table, rows) if idempotent else rows
             if todo.num_rows == 0:
                 return AppendResult(offered, 0, None)
@@ -168,7 +174,6 @@ class Lakehouse:
                 if attempt == COMMIT_ATTEMPTS - 1:
                     raise
                 time.sleep(0.05 * (attempt + 1))
-                table = self.table(identifier)
         raise AssertionError("unreachable")
 
     def file_writer(self, identifier: str) -> DataFileWriter:
@@ -191,7 +196,7 @@ class Lakehouse:
         """
         offered = sum(f.record_count for group in files.values() for f in group)
         for attempt in range(COMMIT_ATTEMPTS):
-            table = self.table(identifier)
+            table = self._keyed_table(identifier)
             present = self._inputs_present(table, list(files))
             todo = [f for digest, group in files.items() if digest not in present for f in group]
             if not todo:
@@ -210,6 +215,19 @@ class Lakehouse:
                     raise
                 time.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
+
+    def _keyed_table(self, identifier: str) -> Table:
+        """The table, with pyiceberg's blind commit retry off (``NO_BLIND_RETRY``; tables made before it was set
+        get it on their first keyed write)."""
+        table = self.table(identifier)
+        if all(table.properties.get(k) == v for k, v in NO_BLIND_RETRY.items()):
+            return table
+        try:
+            with table.transaction() as txn:
+                txn.set_properties(NO_BLIND_RETRY)
+        except CommitFailedException:
+            pass  # another writer committed first (perhaps this very property): the caller's loop re-checks
+        return self.table(identifier)
 
     @staticmethod
     def _inputs_present(table: Table, digests: list[str]) -> set[str]:

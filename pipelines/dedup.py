@@ -35,7 +35,7 @@ import logging
 import math
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from catalog import attributes
 from catalog.rewrite import append_dataset, ensure_side_table, replace_dataset
-from catalog.runs import record_run
+from catalog.runs import record_run, unrecorded_snapshot
 from catalog.store import Lakehouse
 from core.config import LakeConfig
 from core.errors import UsageError
@@ -376,6 +376,8 @@ def dedup_table(
     state = attributes.label_state(lake, identifier, LABELER)
     if state.version == version and state.source_snapshot == base:  # these labels exist: nothing to do
         report.up_to_date, report.snapshot_id = True, state.snapshot_id
+        if unrecorded_snapshot(lake, report.attribute_table) is not None:  # left by a run killed after its commit
+            _finish(lake, cfg, identifier, replace(config, mlflow=False), report, started_at)
         return report
 
     sig_id = signature_table_for(identifier)

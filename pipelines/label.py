@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from catalog import attributes
 from catalog.attributes import read_parquet_columns
-from catalog.runs import record_run
+from catalog.runs import record_run, unrecorded_snapshot
 from catalog.store import Lakehouse
 from core.config import LakeConfig
 from core.errors import UsageError
@@ -184,6 +184,8 @@ def run_labeler(
     if state.version == labeler.version and state.source_snapshot == base:
         report.up_to_date = True
         report.snapshot_id = state.snapshot_id
+        if unrecorded_snapshot(lake, ident) is not None:  # left by a run killed after its commit: vouch for it
+            _record(lake, report, labeler, started_at)
         return report
     report.replaced = state.version != labeler.version
     attributes.ensure_attribute_table(lake, source, labeler.name, labeler.stored_fields(), labeler.version)
@@ -256,10 +258,15 @@ def run_labeler(
     if mlflow:
         _track(cfg, report, labeler, rows, extra_params or {})
     report.stage_seconds["track"] = round(time.perf_counter() - t0 - report.seconds, 3)
+    _record(lake, report, labeler, started_at)
+    return report
+
+
+def _record(lake: Lakehouse, report: LabelReport, labeler: Labeler, started_at: datetime) -> None:
     record_run(
         lake,
         command=f"label {labeler.name}",
-        target_table=ident,
+        target_table=report.attribute_table,
         run_id=report.run_id,
         started_at=started_at,
         inputs=[],
@@ -267,7 +274,6 @@ def run_labeler(
         snapshot_id=report.snapshot_id,
         mlflow_run_id=report.mlflow_run_id,
     )
-    return report
 
 
 def _empty(labeler: Labeler) -> pa.Table:

@@ -9,6 +9,11 @@ import warnings
 
 from core.config import LakeConfig, use_ray_auth
 
+# the cluster failed, not the run's code: a node or a worker process went away mid-run
+LOST_WORKER_ERRORS = ("ActorDiedError", "NodeDiedError", "WorkerCrashedError", "ObjectLostError", "OwnerDiedError")
+# Ray Data logs an exception with its whole stack before raising it to us; the CLI reports it in one line
+RAISING_LOGGERS = ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state")
+
 
 def _keep_on_loopback() -> None:
     """A private local Ray listens on 127.0.0.1 only. Ray replaces a loopback node address by the machine's
@@ -60,5 +65,18 @@ def init_ray(cfg: LakeConfig, num_cpus: int | None = None) -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     # we turn the bars off on purpose; Ray Data would say so on stderr once per process
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    if not os.environ.get("LAKE_DEBUG"):
+        for name in RAISING_LOGGERS:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     # a pool sized for the cluster that gets a single block (one small input) is fine, not worth a warning
     warnings.filterwarnings("ignore", message="The minimum number of concurrent actors", category=UserWarning)
+
+
+def lost_worker(exc: BaseException) -> bool:
+    """Whether ``exc`` is Ray saying that a node or worker of the cluster died (a re-run resumes the command)."""
+    if "ray" not in sys.modules:
+        return False
+    from ray import exceptions
+
+    kinds = tuple(getattr(exceptions, name) for name in LOST_WORKER_ERRORS if hasattr(exceptions, name))
+    return isinstance(exc, kinds)

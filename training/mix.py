@@ -38,7 +38,7 @@ import yaml
 
 from catalog import attributes
 from catalog.rewrite import ensure_side_table, replace_rows
-from catalog.runs import record_run
+from catalog.runs import record_run, unrecorded_snapshot
 from catalog.store import Lakehouse
 from lake.config import LakeConfig
 from lake.errors import UsageError
@@ -429,7 +429,9 @@ def run_mix(cfg: LakeConfig, spec: MixSpec, mlflow: bool = True) -> MixReport:
     if lake.tags(spec.table).get(report.tag) != report.snapshot_id:
         lake.tag(spec.table, report.tag, report.snapshot_id)
     report.seconds = round(time.perf_counter() - t0, 3)
-    if report.unchanged:
+    # unchanged and recorded: nothing to do; unchanged but in no lake.runs row (a run killed after its commit):
+    # this run records it
+    if report.unchanged and unrecorded_snapshot(lake, spec.table) is None:
         return report
     if mlflow:
         _track(cfg, spec, report)

@@ -26,10 +26,24 @@ RECIPE_OPTION = click.option(
 FORMAT_OPTION = click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
+COMMIT_EVERY_OPTION = click.option(
+    "--commit-every",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Inputs per commit: a crashed run keeps the groups it committed, and its re-run skips them.",
+)
 
 
 def _run(
-    obj: CliContext, kind: str, paths: list[str], table: str, recipe: str | None, fmt: str, urls_file: str | None = None
+    obj: CliContext,
+    kind: str,
+    paths: list[str],
+    table: str,
+    recipe: str | None,
+    fmt: str,
+    urls_file: str | None = None,
+    commit_every: int = 32,
 ) -> None:
     from pipelines.ingest import ingest
     from pipelines.ingest_tracking import IngestTracking
@@ -43,6 +57,7 @@ def _run(
             table=table,
             recipe_path=recipe,
             urls_file=urls_file,
+            commit_every=commit_every,
             open_mlflow_run=tracking.open,
         )
         tracking.finish(report)
@@ -67,9 +82,12 @@ def _files_command(kind: str, help_text: str) -> click.Command:
     @TABLE_OPTION
     @RECIPE_OPTION
     @FORMAT_OPTION
+    @COMMIT_EVERY_OPTION
     @pass_ctx
-    def command(obj: CliContext, paths: tuple[str, ...], table: str, recipe: str | None, fmt: str) -> None:
-        _run(obj, kind, list(paths), table, recipe, fmt)
+    def command(
+        obj: CliContext, paths: tuple[str, ...], table: str, recipe: str | None, fmt: str, commit_every: int
+    ) -> None:
+        _run(obj, kind, list(paths), table, recipe, fmt, commit_every=commit_every)
 
     return ingest_group.command(kind, help=help_text)(command)
 

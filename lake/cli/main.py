@@ -10,6 +10,7 @@ import click
 from lake.cli.context import CliContext
 from lake.config import load_config, publish
 from lake.errors import LakeError
+from pipelines.ray_env import lost_worker
 
 
 class LakeGroup(click.Group):
@@ -30,6 +31,13 @@ class LakeGroup(click.Group):
             if os.environ.get("LAKE_DEBUG"):
                 raise
             message = str(exc).splitlines()[0] if str(exc) else ""
+            if lost_worker(exc):
+                click.echo(
+                    f"lake: error: a Ray node or worker was lost mid-run ({type(exc).__name__}: {message}); "
+                    "what was committed stays: run the same command again to resume",
+                    err=True,
+                )
+                sys.exit(1)
             click.echo(f"lake: internal error: {type(exc).__name__}: {message} (LAKE_DEBUG=1 shows more)", err=True)
             sys.exit(1)
 

@@ -134,3 +134,40 @@ def test_kind_mismatch_and_bad_names_are_usage_errors(lake):
         lake.ensure_table("nodot", "text")
     with pytest.raises(UsageError, match="unknown table t.nope; known tables: t.docs"):
         lake.table("t.nope")
+
+
+def _race_once(monkeypatch, method: str, rival) -> None:
+    """Make ``Lakehouse.<method>`` (the check of what a commit would add) let ``rival`` commit right after the
+    check, once: the lost race of two writers of the same input, without timing luck."""
+    from catalog.store import Lakehouse
+
+    real = getattr(Lakehouse, method)
+    raced: list[bool] = []
+
+    def racing(*args):
+        found = real(*args)
+        if not raced:
+            raced.append(True)
+            rival()
+        return found
+
+    monkeypatch.setattr(Lakehouse, method, staticmethod(racing) if method == "_inputs_present" else racing)
+
+
+def test_a_writer_that_loses_the_race_for_an_input_adds_nothing_twice(lake, monkeypatch):
+    from catalog.store import Lakehouse
+
+    lake.ensure_table("t.docs", "text")
+    rival = Lakehouse(lake.catalog_kwargs, lake.name)  # another process's catalog connection
+    rows = _rows("a", 5)
+
+    def rival_lands_the_same_input() -> None:
+        rival.append_files("t.docs", {"a": rival.file_writer("t.docs").write(rows)})
+
+    _race_once(monkeypatch, "_inputs_present", rival_lands_the_same_input)
+    result = lake.append_files("t.docs", {"a": lake.file_writer("t.docs").write(rows)})
+    assert result.written == 0 and lake.count("t.docs") == 5, "the loser re-checks after the conflict"
+
+    _race_once(monkeypatch, "_new_rows", lambda: rival.append("t.docs", _rows("b", 4)))
+    assert lake.append("t.docs", _rows("b", 4)).written == 0
+    assert lake.count("t.docs") == 9

@@ -10,10 +10,25 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from faults import (
+    committed,
+    duplicate_keys,
+    finish,
+    kill_group,
+    one_line_error,
+    run_rows,
+    runs_on,
+    start,
+    table_digest,
+    wait_until,
+    worker_raylet,
+)
 
 from conftest import DATA_DIR, LEAKY_ENV, REPO, process_env, run_lake
 
@@ -262,3 +277,80 @@ def test_labelling_an_unknown_model_or_table_is_exit_2(lab):
     no_table = run_lake("label", "quality", "web.nothing", "--model", "models:/quality/1", env=lab["env"])
     assert no_table.returncode == 2 and "unknown table web.nothing" in no_table.stderr
     assert np.all([len(r.stderr.strip().splitlines()) == 1 for r in (bad_model, wrong_kind, no_table)])
+
+
+# ---- faults: a Ray worker node lost mid-run (ingest, label ppl) and a killed `lake mix` --------------------------
+# ports of their own: test_cluster's cluster may be up at the same time on another worktree's run
+FAULT_PORTS = {"LAKE_RAY_PORT": "6395", "LAKE_RAY_DASHBOARD_PORT": "8366", "LAKE_MLFLOW_PORT": "5066"}
+
+
+@pytest.fixture(scope="module")
+def worker_cluster(lab):
+    """`lake up` on the lab's home with a worker node beside the head (one CPU each); yields a driver's env."""
+    import ray
+    from test_cluster import lake_up
+
+    ray.shutdown()  # the lab's in-process Ray would compete for the two cores
+    nodes = {"LAKE_RAY_WORKER_NODES": "1", "LAKE_RAY_CPUS_PER_NODE": "1"}
+    with lake_up(Path(lab["env"]["LAKE_HOME"]), **FAULT_PORTS, **nodes) as (env, _):
+        yield env | {"RAY_ADDRESS": f"127.0.0.1:{FAULT_PORTS['LAKE_RAY_PORT']}", "LAKE_PROGRESS": "0"}
+
+
+def _survive_a_lost_worker_node(args: list[str], env: dict, actor_class: str, progress) -> None:
+    """Run `lake *args` on the cluster, kill -9 the worker node's raylet once ``progress()`` holds and an
+    ``actor_class`` actor works there; the run completes, or fails in one line and its re-run completes."""
+    ok = run_lake("up", env=env, cwd=REPO, timeout=300)  # the worker node again, if an earlier fault took it
+    assert ok.returncode == 0, ok.stderr
+    raylet = worker_raylet(Path(env["LAKE_HOME"]))
+    run = start(*args, env=env)
+    wait_until(lambda: progress() and runs_on(raylet, actor_class), run, f"a {actor_class} on the worker node")
+    os.kill(raylet, signal.SIGKILL)
+    result = finish(run)
+    if result.returncode != 0:
+        assert one_line_error(result), result.stderr[-3000:]
+        again = finish(start(*args, env=env))
+        assert again.returncode == 0, again.stderr[-3000:]
+
+
+def test_ingest_survives_a_lost_worker_node_and_equals_the_uninterrupted_run(lab, worker_cluster):
+    lake = lab["lake"]
+    args = ["ingest", "warc", *[str(DATA_DIR / f) for f in WARCS], "--table", "fault.documents", "--recipe",
+            str(REPO / "operators/recipes/default.yaml"), "--commit-every", "1"]  # fmt: skip
+    # the lab's web.documents is the uninterrupted run of the same inputs and recipe
+    first_commit = lambda: bool(run_rows(lake, "ingest", "fault.documents"))  # noqa: E731
+    _survive_a_lost_worker_node(args, worker_cluster, "RecipeRunner", first_commit)
+    assert duplicate_keys(lake, "fault.documents") == 0
+    assert table_digest(lake, "fault.documents") == table_digest(lake, "web.documents")
+    ref_rejects = [r for r in lake.read("web.rejects").to_pylist() if r["target_table"] == "web.documents"]
+    assert lake.count("fault.rejects") == len(ref_rejects) and duplicate_keys(lake, "fault.rejects") == 0
+
+
+def test_label_ppl_survives_a_lost_worker_node_and_equals_the_uninterrupted_run(lab, worker_cluster):
+    lake = lab["lake"]
+    args = ["label", "ppl", "fault.documents", "--model", "models:/ref/1", "--max-tokens", "256"]
+    _survive_a_lost_worker_node(args, worker_cluster, "ApplyOperator", lambda: True)
+    # web.documents__ppl: the same model on the same documents, uninterrupted (the first test of this module)
+    got = {r["doc_id"]: r for r in lake.read("fault.documents__ppl").to_pylist()}
+    expected = {r["doc_id"]: r for r in lake.read("web.documents__ppl").to_pylist()}
+    assert lake.count("fault.documents__ppl") == lake.count("fault.documents") == lake.count("web.documents__ppl")
+    assert got.keys() == expected.keys()  # (a page in two WARCs is two documents with one doc_id)
+    for doc_id, row in got.items():
+        assert row["ppl"] == pytest.approx(expected[doc_id]["ppl"], rel=1e-4)
+        assert row["ppl_bucket"] == expected[doc_id]["ppl_bucket"]
+
+
+def test_a_killed_mix_is_completed_by_its_rerun_and_equals_an_uninterrupted_one(lab):
+    from catalog.runs import unrecorded_snapshot
+
+    lake, root = lab["lake"], lab["root"]
+    spec = root / "fault_mix.yaml"
+    spec.write_text(yaml.safe_dump(dict(SPEC, name="fault-mix")))
+    run = start("mix", str(spec), "--format", "json", env=lab["env"])
+    wait_until(lambda: committed(lake, "mix.fault_mix"), run, "the mix's commit")
+    kill_group(run)
+    committed_rows = table_digest(lake, "mix.fault_mix")
+    again = json.loads(lab["run"]("mix", str(spec), "--format", "json").stdout)
+    # a fresh resolution hashes to what the killed run committed: the content of an uninterrupted run
+    assert again["unchanged"] and table_digest(lake, "mix.fault_mix") == committed_rows
+    assert len(lake.snapshots("mix.fault_mix")) == 1, "nothing written twice"
+    assert unrecorded_snapshot(lake, "mix.fault_mix") is None, "the re-run records the killed run's snapshot"
