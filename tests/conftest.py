@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -81,24 +79,6 @@ def run_lake(
     return subprocess.run(
         [sys.executable, "-m", "lake", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout
     )
-
-
-def kill_when(*args: str, ready, env: dict[str, str], cwd: Path, timeout: float = 600) -> None:
-    """Start ``lake ARGS`` and SIGKILL its whole process group (the driver and the local Ray it started, as a crash
-    would) as soon as ``ready()`` holds; fail if the command ends first."""
-    proc = subprocess.Popen([sys.executable, "-m", "lake", *args], env=env, cwd=cwd, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-    deadline = time.time() + timeout
-    while not ready() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert proc.poll() is None, "the command ended before the kill point: " + proc.stdout.read().decode()[-2000:]
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-def checkpoints(env: dict[str, str], name: str) -> list[Path]:
-    """A training job's checkpoints in its lake home."""
-    return sorted(Path(env["LAKE_HOME"], "train").glob(f"{name}-*/checkpoint_*"))
 
 
 # ---- post-training: one home for the SFT/reward and the preference/RL tests ----------------------------------

@@ -81,6 +81,18 @@ def kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def checkpoints(env: dict[str, str], name: str) -> list[Path]:
+    """A training job's checkpoints in its lake home."""
+    return sorted(Path(env["LAKE_HOME"], "train").glob(f"{name}-*/checkpoint_*"))
+
+
+def kill_at_first_checkpoint(*args: str, name: str, env: dict[str, str]) -> None:
+    """Run ``lake train …`` for job ``name`` and SIGKILL it (driver and local Ray) once its first checkpoint lands."""
+    proc = start(*args, env=env)
+    wait_until(lambda: checkpoints(env, name), proc, "the first checkpoint", timeout=600)
+    kill_group(proc)
+
+
 def run_rows(lake, command: str, target_table: str) -> list[dict]:
     if not lake.exists("lake.runs"):
         return []

@@ -12,8 +12,9 @@ import os
 
 import pytest
 import yaml
+from faults import kill_at_first_checkpoint
 
-from conftest import DATA_DIR, PREF_FILES, SFT_FILES, checkpoints, kill_when, run_lake, sft_job
+from conftest import DATA_DIR, PREF_FILES, SFT_FILES, run_lake, sft_job
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,7 @@ def test_killed_sft_run_resumes_and_equals_the_uninterrupted_run(home):
     job["optim"] |= {"checkpoint_every": 10}
     path = home["root"] / "chat-killed.yaml"
     path.write_text(yaml.safe_dump(job, allow_unicode=True))
-    kill_when("train", "sft", str(path), ready=lambda: checkpoints(env, "chat-killed"), env=env, cwd=home["root"])
+    kill_at_first_checkpoint("train", "sft", str(path), name="chat-killed", env=env)
 
     again = json.loads(home["lake"]("train", "sft", str(path), "--format", "json").stdout)
     steps = job["optim"]["max_steps"]

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from faults import finish, kill_at_first_checkpoint, start
 
-from conftest import DATA_DIR, LEAKY_ENV, REPO, checkpoints, kill_when, run_lake
+from conftest import DATA_DIR, LEAKY_ENV, REPO, run_lake
 
 TEXT_FILES = [
     "text/wiki_demo.txt",
@@ -111,8 +112,8 @@ def test_expansion_keeps_old_ids_and_shortens_chinese(home):
 
 def test_killed_run_resumes_from_its_data_position_and_equals_an_uninterrupted_run(home):
     job = _write_job(home, "killed")
-    kill_when("train", "pretrain", str(job), ready=lambda: checkpoints(home["env"], "killed"), env=home["env"],
-              cwd=home["root"])  # fmt: skip
+    straight = start("train", "pretrain", str(_write_job(home, "straight")), env=home["env"])  # side by side
+    kill_at_first_checkpoint("train", "pretrain", str(job), name="killed", env=home["env"])
 
     again = run_lake("train", "pretrain", str(job), env=home["env"], cwd=home["root"], timeout=900)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
@@ -127,8 +128,7 @@ def test_killed_run_resumes_from_its_data_position_and_equals_an_uninterrupted_r
     val = sorted(m.step for m in mlflow.get_metric_history(version.run_id, "val/ppl"))
     assert val == [0, 4, 8, 12]
 
-    straight = run_lake("train", "pretrain", str(_write_job(home, "straight")), env=home["env"], cwd=home["root"],
-                        timeout=900)  # fmt: skip
+    straight = finish(straight, timeout=900)
     assert straight.returncode == 0, straight.stderr[-3000:]
     from safetensors.torch import load_file
 
