@@ -15,7 +15,7 @@ from training.evaluate import RESULTS_TABLE
 from training.lineage import lineage
 
 # the headline figures per suite (eval.results holds many more per subject and slice)
-HEADLINE_METRICS = ("ppl", "bits_per_byte", "accuracy", "win_rate")
+HEADLINE_METRICS = ("ppl", "bits_per_byte", "accuracy", "win_rate", "tie_rate")
 
 
 def lake_summary(cfg: LakeConfig, model_uri: str | None = None, started: float | None = None) -> dict[str, Any]:
