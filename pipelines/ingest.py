@@ -367,7 +367,7 @@ def _ingest_group(
                 batch_size=1,
                 batch_format="pyarrow",
                 num_cpus=0,
-                compute=ray.data.TaskPoolStrategy(size=max(2, cpus)),
+                compute=ray.data.TaskPoolStrategy(size=min(len(items), max(2, cpus))),  # more warns on few inputs
             )
             .map_batches(
                 RecipeRunner,
