@@ -311,7 +311,12 @@ class Lakehouse:
 
         ``None`` means the current snapshot (``None`` too when the table is still empty).
         """
-        table = self.table(identifier)
+        return self._resolve(self.table(identifier), identifier, as_of)
+
+    @staticmethod
+    def _resolve(table: Table, identifier: str, as_of: str | int | None) -> int | None:
+        """``resolve_snapshot`` on an already loaded table: a reader that loaded the table twice could resolve a
+        snapshot committed in between that its first load does not know."""
         if as_of is None:
             current = table.current_snapshot()
             return current.snapshot_id if current else None
@@ -333,7 +338,7 @@ class Lakehouse:
 
     def read(self, identifier: str, as_of: str | int | None = None, columns: tuple[str, ...] = ("*",)) -> pa.Table:
         table = self.table(identifier)
-        snapshot_id = self.resolve_snapshot(identifier, as_of)
+        snapshot_id = self._resolve(table, identifier, as_of)
         if snapshot_id is None:
             return table.schema().as_arrow().empty_table()
         return table.scan(snapshot_id=snapshot_id, selected_fields=columns).to_arrow()
@@ -348,7 +353,7 @@ class Lakehouse:
 
     def count(self, identifier: str, as_of: str | int | None = None) -> int:
         table = self.table(identifier)
-        snapshot_id = self.resolve_snapshot(identifier, as_of)
+        snapshot_id = self._resolve(table, identifier, as_of)
         if snapshot_id is None:
             return 0
         summary = table.snapshot_by_id(snapshot_id).summary

@@ -11,6 +11,8 @@ import json
 import math
 import os
 import signal
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -285,15 +287,40 @@ FAULT_PORTS = {"LAKE_RAY_PORT": "6395", "LAKE_RAY_DASHBOARD_PORT": "8366", "LAKE
 
 
 @pytest.fixture(scope="module")
-def worker_cluster(lab):
-    """`lake up` on the lab's home with a worker node beside the head (one CPU each); yields a driver's env."""
+def worker_cluster_up(lab):
+    """`lake up` on the lab's home with a worker node beside the head (one CPU each); yields a driver's env and
+    the up's result."""
     import ray
     from test_cluster import lake_up
 
     ray.shutdown()  # the lab's in-process Ray would compete for the two cores
     nodes = {"LAKE_RAY_WORKER_NODES": "1", "LAKE_RAY_CPUS_PER_NODE": "1"}
-    with lake_up(Path(lab["env"]["LAKE_HOME"]), **FAULT_PORTS, **nodes) as (env, _):
-        yield env | {"RAY_ADDRESS": f"127.0.0.1:{FAULT_PORTS['LAKE_RAY_PORT']}", "LAKE_PROGRESS": "0"}
+    home_token = Path.home() / ".ray" / "auth_token"
+    had_home_token = home_token.exists()
+    with lake_up(Path(lab["env"]["LAKE_HOME"]), **FAULT_PORTS, **nodes) as (env, up):
+        yield env | {"RAY_ADDRESS": f"127.0.0.1:{FAULT_PORTS['LAKE_RAY_PORT']}", "LAKE_PROGRESS": "0"}, up
+    assert had_home_token or not home_token.exists(), "the token lives in LAKE_HOME, not ~/.ray"
+
+
+@pytest.fixture(scope="module")
+def worker_cluster(worker_cluster_up):
+    return worker_cluster_up[0]
+
+
+def test_a_multi_node_cluster_is_opened_only_with_token_authentication(worker_cluster_up):
+    """RAY_AUTH_MODE=disabled in the environment: a cluster that listens beyond loopback turns token auth on
+    regardless (this module's fault tests need such a cluster; it is checked here rather than started twice)."""
+    env, up = worker_cluster_up
+    warnings = [line for line in up.stderr.splitlines() if "listens beyond loopback" in line]
+    assert len(warnings) == 1 and "token authentication is on" in warnings[0], up.stderr
+    token = Path(env["LAKE_HOME"]) / "run" / "ray_auth_token"
+    assert token.stat().st_mode & 0o777 == 0o600
+    status = run_lake("status", "--format", "json", env=env, cwd=REPO)
+    rows = {r["service"]: r for r in json.loads(status.stdout)}
+    assert rows["ray-head"]["detail"] == "2 node(s) alive" and rows["ray-worker-1"]["state"] == "running"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"http://127.0.0.1:{FAULT_PORTS['LAKE_RAY_DASHBOARD_PORT']}/api/version", timeout=10)
+    assert refused.value.code == 401, "the dashboard answers only with the token"
 
 
 def _survive_a_lost_worker_node(args: list[str], env: dict, actor_class: str, progress) -> None:
